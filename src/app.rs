@@ -1,0 +1,79 @@
+//! The application: shared state and the router every entry point (main, tests) uses.
+
+use std::sync::Arc;
+
+use axum::{extract::DefaultBodyLimit, middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::MySqlPool;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    admin,
+    auth::TokenService,
+    catalog,
+    config::Config,
+    http::{extract::MAX_BODY_BYTES, middleware as mw},
+    ops, orders, payments, points,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: MySqlPool,
+    pub redis: deadpool_redis::Pool,
+    pub config: Arc<Config>,
+    pub tokens: Arc<TokenService>,
+    /// Renders `/metrics`; `None` where no recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        db: MySqlPool,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        let redis = deadpool_redis::Config::from_url(config.redis_url.clone())
+            .builder()?
+            .max_size(32)
+            .wait_timeout(Some(std::time::Duration::from_millis(500)))
+            .create_timeout(Some(std::time::Duration::from_millis(500)))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()?;
+        Ok(Self {
+            tokens: Arc::new(TokenService::new(&config.auth)),
+            config: Arc::new(config),
+            db,
+            redis,
+            metrics,
+        })
+    }
+}
+
+/// Every route of SPEC §3 with its middleware.
+pub fn build_app(state: AppState) -> Router {
+    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(ops::router())
+        .merge(points::router())
+        .merge(catalog::router())
+        .merge(orders::router())
+        .merge(payments::router())
+        .merge(admin::router())
+        .route_layer(middleware::from_fn(mw::track_metrics))
+        .fallback(mw::not_found)
+        .method_not_allowed_fallback(mw::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(crate::error::AppError::Internal(
+                anyhow::anyhow!("panic"),
+            ))
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,137 @@
+//! HS256 JWTs: verification of user tokens and minting for the admin route.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::{config::AuthConfig, error::AppError};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MintedToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct TokenService {
+    keys: Option<(EncodingKey, DecodingKey)>,
+    validation: Validation,
+    config: AuthConfig,
+}
+
+impl TokenService {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let keys = config.jwt_secret.as_ref().map(|secret| {
+            (
+                EncodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.as_bytes()),
+            )
+        });
+        Self {
+            keys,
+            validation,
+            config: config.clone(),
+        }
+    }
+
+    /// True when `AUTH_DISABLED=true`: every user route is open.
+    pub fn disabled(&self) -> bool {
+        self.config.disabled
+    }
+
+    /// The user id in a valid token's `sub`; anything else is `UNAUTHORIZED`.
+    pub fn verify(&self, token: &str) -> Result<i64, AppError> {
+        let (_, key) = self.keys.as_ref().ok_or(AppError::Unauthorized)?;
+        let data =
+            decode::<Claims>(token, key, &self.validation).map_err(|_| AppError::Unauthorized)?;
+        match data.claims.sub.parse::<i64>() {
+            Ok(id) if id > 0 => Ok(id),
+            _ => Err(AppError::Unauthorized),
+        }
+    }
+
+    /// A token for `user_id`, valid `AUTH_TOKEN_TTL_SECS`.
+    pub fn mint(&self, user_id: i64) -> Result<MintedToken, AppError> {
+        let (key, _) = self.keys.as_ref().ok_or_else(|| {
+            AppError::NotFound("tokens cannot be minted without AUTH_JWT_SECRET".into())
+        })?;
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.config.token_ttl).map_err(anyhow::Error::from)?;
+        let expires_at = now + ttl;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: expires_at.timestamp(),
+            iat: Some(now.timestamp()),
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+        };
+        let token =
+            encode(&Header::new(Algorithm::HS256), &claims, key).map_err(anyhow::Error::from)?;
+        Ok(MintedToken { token, expires_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(secret: &str) -> AuthConfig {
+        AuthConfig {
+            jwt_secret: Some(secret.into()),
+            disabled: false,
+            issuer: None,
+            audience: None,
+            token_ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let tokens = TokenService::new(&config("s3cret"));
+        let minted = tokens.mint(42).unwrap();
+        assert_eq!(tokens.verify(&minted.token).unwrap(), 42);
+    }
+
+    #[test]
+    fn other_secrets_and_garbage_are_refused() {
+        let minted = TokenService::new(&config("one")).mint(1).unwrap();
+        let other = TokenService::new(&config("two"));
+        assert!(other.verify(&minted.token).is_err());
+        assert!(other.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let plain = TokenService::new(&config("k")).mint(3).unwrap();
+        let mut strict = config("k");
+        strict.issuer = Some("idp".into());
+        strict.audience = Some("commerce".into());
+        let strict = TokenService::new(&strict);
+        assert!(strict.verify(&plain.token).is_err());
+        assert_eq!(strict.verify(&strict.mint(3).unwrap().token).unwrap(), 3);
+    }
+}

@@ -1,0 +1,101 @@
+//! Catalog rules, free of I/O: page size, ranking window, and what a product may hold.
+
+use crate::error::AppError;
+
+/// Products per listing page (SPEC C1).
+pub const PAGE_SIZE: i64 = 20;
+/// Length of the best-seller list (SPEC C2).
+pub const TOP_N: i64 = 10;
+pub const DEFAULT_TOP_DAYS: i64 = 3;
+pub const MAX_TOP_DAYS: i64 = 30;
+/// Upper bounds that keep `price × quantity` and stock arithmetic far from overflow.
+pub const MAX_PRICE: i64 = 1_000_000_000;
+pub const MAX_STOCK: i64 = 1_000_000_000;
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A 1-based listing page number.
+pub fn page(value: Option<i64>) -> Result<i64, AppError> {
+    match value.unwrap_or(1) {
+        p if p >= 1 => Ok(p),
+        _ => Err(AppError::Validation("page must be 1 or more".into())),
+    }
+}
+
+/// Number of pages needed for `total_items`.
+pub fn total_pages(total_items: i64) -> i64 {
+    (total_items + PAGE_SIZE - 1) / PAGE_SIZE
+}
+
+/// The ranking window in UTC calendar days, today included.
+pub fn top_days(value: Option<i64>) -> Result<i64, AppError> {
+    match value.unwrap_or(DEFAULT_TOP_DAYS) {
+        d if (1..=MAX_TOP_DAYS).contains(&d) => Ok(d),
+        _ => Err(AppError::Validation(format!(
+            "days must be between 1 and {MAX_TOP_DAYS}"
+        ))),
+    }
+}
+
+pub fn name(value: &str) -> Result<String, AppError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_CHARS {
+        return Err(AppError::Validation(format!(
+            "name must have 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(trimmed.to_string())
+}
+
+pub fn price(value: i64) -> Result<i64, AppError> {
+    if !(0..=MAX_PRICE).contains(&value) {
+        return Err(AppError::Validation(format!(
+            "price must be between 0 and {MAX_PRICE}"
+        )));
+    }
+    Ok(value)
+}
+
+pub fn stock(value: i64) -> Result<i64, AppError> {
+    if !(0..=MAX_STOCK).contains(&value) {
+        return Err(AppError::Validation(format!(
+            "stock must be between 0 and {MAX_STOCK}"
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_start_at_one() {
+        assert_eq!(page(None).unwrap(), 1);
+        assert!(page(Some(0)).is_err());
+        assert!(page(Some(-3)).is_err());
+        assert_eq!(page(Some(i64::MAX)).unwrap(), i64::MAX);
+    }
+
+    #[test]
+    fn page_count_rounds_up() {
+        assert_eq!(total_pages(0), 0);
+        assert_eq!(total_pages(20), 1);
+        assert_eq!(total_pages(21), 2);
+    }
+
+    #[test]
+    fn ranking_window_is_one_to_thirty_days() {
+        assert_eq!(top_days(None).unwrap(), 3);
+        assert!(top_days(Some(0)).is_err());
+        assert!(top_days(Some(31)).is_err());
+        assert_eq!(top_days(Some(30)).unwrap(), 30);
+    }
+
+    #[test]
+    fn product_fields_are_bounded() {
+        assert!(name("  ").is_err());
+        assert_eq!(name(" mug ").unwrap(), "mug");
+        assert!(price(-1).is_err());
+        assert!(stock(MAX_STOCK + 1).is_err());
+    }
+}

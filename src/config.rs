@@ -1,0 +1,137 @@
+//! Service configuration, read once from the environment in `main` and passed down.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context};
+
+/// How the service authenticates users (SPEC §3 "Authentication").
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// HS256 secret; `None` only when `disabled` is true.
+    pub jwt_secret: Option<String>,
+    /// Development switch: every user route is open.
+    pub disabled: bool,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Lifetime of tokens minted by the admin route.
+    pub token_ttl: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub bind_addr: SocketAddr,
+    /// Bearer token of the admin routes; `None` turns them off (404).
+    pub admin_token: Option<String>,
+    pub auth: AuthConfig,
+    /// How long a PENDING order holds its stock.
+    pub order_ttl: Duration,
+    /// How often the expiry sweeper looks for overdue orders.
+    pub sweep_interval: Duration,
+    /// Namespace of every Redis key.
+    pub redis_prefix: String,
+    pub db_max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds the configuration from any key lookup (the environment in production).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |key: &str| get(key).filter(|v| !v.trim().is_empty());
+        let secs = |key: &str, default: u64| -> anyhow::Result<Duration> {
+            match get(key) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => Ok(Duration::from_secs(v.parse().with_context(|| {
+                    format!("{key} must be a whole number of seconds")
+                })?)),
+            }
+        };
+        let disabled = matches!(get("AUTH_DISABLED").as_deref(), Some("true" | "1"));
+        let jwt_secret = get("AUTH_JWT_SECRET");
+        if jwt_secret.is_none() && !disabled {
+            bail!("AUTH_JWT_SECRET is not set (set AUTH_DISABLED=true to run without authentication, development only)");
+        }
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("LOG_FORMAT must be json or pretty, not {other}"),
+        };
+        Ok(Self {
+            database_url: get("DATABASE_URL").context("DATABASE_URL is not set")?,
+            redis_url: get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            bind_addr: get("BIND_ADDR")
+                .unwrap_or_else(|| "127.0.0.1:8080".into())
+                .parse()
+                .context("BIND_ADDR must be host:port")?,
+            admin_token: get("ADMIN_TOKEN"),
+            auth: AuthConfig {
+                jwt_secret,
+                disabled,
+                issuer: get("AUTH_ISSUER"),
+                audience: get("AUTH_AUDIENCE"),
+                token_ttl: secs("AUTH_TOKEN_TTL_SECS", 3600)?,
+            },
+            order_ttl: secs("ORDER_TTL_SECS", 600)?,
+            sweep_interval: Duration::from_millis(
+                get("SWEEP_INTERVAL_MS")
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("SWEEP_INTERVAL_MS must be a whole number")?
+                    .unwrap_or(250),
+            ),
+            redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into()),
+            db_max_connections: get("DB_MAX_CONNECTIONS")
+                .map(|v| v.parse())
+                .transpose()
+                .context("DB_MAX_CONNECTIONS must be a whole number")?
+                .unwrap_or(32),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_jwt_secret() {
+        let err = config(&[("DATABASE_URL", "mysql://x/y")]).unwrap_err();
+        assert!(err.to_string().contains("AUTH_JWT_SECRET"));
+    }
+
+    #[test]
+    fn auth_can_be_disabled_explicitly() {
+        let c = config(&[("DATABASE_URL", "mysql://x/y"), ("AUTH_DISABLED", "true")]).unwrap();
+        assert!(c.auth.disabled && c.auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = config(&[("DATABASE_URL", "mysql://x/y"), ("AUTH_JWT_SECRET", "s")]).unwrap();
+        assert_eq!(c.order_ttl, Duration::from_secs(600));
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.admin_token.is_none());
+    }
+}

@@ -1,0 +1,65 @@
+//! The commerce-api binary: `commerce-api [serve] [--seed-demo]`.
+
+use anyhow::Context;
+use commerce_api::{build_app, config::Config, db, orders, seed, telemetry, AppState};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seed_demo = args.iter().any(|a| a == "--seed-demo");
+    if let Some(unknown) = args
+        .iter()
+        .find(|a| !matches!(a.as_str(), "serve" | "--seed-demo"))
+    {
+        anyhow::bail!("unknown argument {unknown}; usage: commerce-api [serve] [--seed-demo]");
+    }
+
+    let config = Config::from_env()?;
+    telemetry::init_logging(config.log_format);
+    if config.auth.disabled {
+        tracing::warn!("AUTH_DISABLED=true: every user route is open (development only)");
+    }
+    let metrics = telemetry::install_metrics()?;
+    let pool = db::connect(&config.database_url, config.db_max_connections)
+        .await
+        .context("connecting to MySQL")?;
+    if seed_demo && seed::demo_if_empty(&pool).await? {
+        tracing::info!(
+            products = seed::DEMO_PRODUCTS,
+            users = seed::DEMO_USERS,
+            "seeded demo data"
+        );
+    }
+    orders::expiry::spawn(pool.clone(), config.sweep_interval);
+
+    let listener = TcpListener::bind(config.bind_addr)
+        .await
+        .with_context(|| format!("binding {}", config.bind_addr))?;
+    tracing::info!(addr = %config.bind_addr, "listening");
+    let app = build_app(AppState::new(config, pool, Some(metrics))?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish before exit.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,78 @@
+//! Operational routes: liveness, readiness, metrics.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::json;
+
+use crate::{app::AppState, error::AppError};
+
+/// How long a readiness probe waits for each dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let mysql =
+        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.db)).await;
+    let mysql_ok = matches!(mysql, Ok(Ok(_)));
+    let redis_ok = ping_redis(&state).await;
+    if state.tokens.disabled() {
+        tracing::warn!("AUTH_DISABLED=true: every user route is open");
+    }
+    let down: Vec<&str> = [("mysql", mysql_ok), ("redis", redis_ok)]
+        .into_iter()
+        .filter_map(|(name, ok)| (!ok).then_some(name))
+        .collect();
+    if !down.is_empty() {
+        return Err(AppError::DependencyUnavailable(down.join(" and ")));
+    }
+    let mut body = json!({"status": "ok", "mysql": "ok", "redis": "ok"});
+    if state.tokens.disabled() {
+        body["warning"] = json!("authentication is disabled (AUTH_DISABLED=true)");
+    }
+    Ok(Json(body))
+}
+
+async fn ping_redis(state: &AppState) -> bool {
+    let probe = async {
+        let mut conn = state.redis.get().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(_))
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => {
+            AppError::NotFound("metrics are not recorded by this instance".into()).into_response()
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Orders: placing one reserves its stock until it is paid, cancelled or expires
+//! (SPEC O1, O2; statuses PENDING → PAID | CANCELLED | EXPIRED).
+
+pub mod domain;
+pub mod expiry;
+mod routes;
+pub mod service;
+
+pub use routes::router;

@@ -1,0 +1,150 @@
+//! Point rules, free of I/O: what a valid charge is and what a balance may hold.
+
+use serde_json::Value;
+
+use crate::error::AppError;
+
+/// No balance may exceed this (SPEC P3).
+pub const MAX_BALANCE: i64 = 1_000_000;
+/// The smallest charge (SPEC P2).
+pub const MIN_CHARGE: i64 = 1;
+
+/// A charge amount: an integer of at least `MIN_CHARGE`. There is no per-charge maximum;
+/// the cap applies to the balance after the charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Amount(i64);
+
+impl Amount {
+    /// Parses the JSON value of `amount`: anything but an integer ≥ 1 in 64-bit range is
+    /// `INVALID_AMOUNT`.
+    pub fn parse(value: &Value) -> Result<Self, AppError> {
+        let amount = value.as_i64().ok_or_else(|| {
+            AppError::InvalidAmount(
+                "amount must be a whole number of points within 64-bit range".into(),
+            )
+        })?;
+        if amount < MIN_CHARGE {
+            return Err(AppError::InvalidAmount(format!(
+                "amount must be at least {MIN_CHARGE}"
+            )));
+        }
+        Ok(Self(amount))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A user's balance; always within `0..=MAX_BALANCE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Balance(i64);
+
+impl Balance {
+    pub fn new(value: i64) -> Self {
+        debug_assert!((0..=MAX_BALANCE).contains(&value));
+        Self(value)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The balance after charging `amount`, unless that passes the cap.
+    pub fn charge(self, amount: Amount) -> Result<Balance, AppError> {
+        match self.0.checked_add(amount.get()) {
+            Some(after) if after <= MAX_BALANCE => Ok(Balance(after)),
+            _ => Err(AppError::BalanceLimitExceeded { max: MAX_BALANCE }),
+        }
+    }
+
+    /// The balance after paying `total`, unless the balance does not cover it.
+    pub fn pay(self, total: i64) -> Result<Balance, AppError> {
+        if total > self.0 {
+            return Err(AppError::InsufficientPoints {
+                balance: self.0,
+                required: total,
+            });
+        }
+        Ok(Balance(self.0 - total))
+    }
+}
+
+/// The kind of a point history row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointKind {
+    Charge,
+    Use,
+    Refund,
+}
+
+impl PointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointKind::Charge => "CHARGE",
+            PointKind::Use => "USE",
+            PointKind::Refund => "REFUND",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code(e: AppError) -> &'static str {
+        e.status_and_code().1
+    }
+
+    #[test]
+    fn amount_must_be_a_positive_integer() {
+        assert_eq!(Amount::parse(&json!(1)).unwrap().get(), 1);
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("10"),
+            json!(null),
+            json!(1e30),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(
+                code(Amount::parse(&bad).unwrap_err()),
+                "INVALID_AMOUNT",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn there_is_no_per_charge_maximum_below_the_cap() {
+        let b = Balance::new(0)
+            .charge(Amount::parse(&json!(MAX_BALANCE)).unwrap())
+            .unwrap();
+        assert_eq!(b.get(), MAX_BALANCE);
+    }
+
+    #[test]
+    fn a_charge_past_the_cap_is_refused() {
+        let one = Amount::parse(&json!(1)).unwrap();
+        assert_eq!(
+            code(Balance::new(MAX_BALANCE).charge(one).unwrap_err()),
+            "BALANCE_LIMIT_EXCEEDED"
+        );
+        let huge = Amount::parse(&json!(i64::MAX)).unwrap();
+        assert_eq!(
+            code(Balance::new(5).charge(huge).unwrap_err()),
+            "BALANCE_LIMIT_EXCEEDED"
+        );
+    }
+
+    #[test]
+    fn paying_needs_enough_points() {
+        assert_eq!(Balance::new(100).pay(100).unwrap().get(), 0);
+        assert_eq!(
+            code(Balance::new(99).pay(100).unwrap_err()),
+            "INSUFFICIENT_POINTS"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Point use cases: read a balance, charge, list the history.
+
+use chrono::NaiveDateTime;
+use serde::Serialize;
+use sqlx::{MySqlConnection, MySqlPool};
+
+use super::domain::{Amount, Balance, PointKind, MAX_BALANCE};
+use crate::{
+    db,
+    error::AppError,
+    http::pagination::{CursorPage, CursorQuery},
+    idempotency::Recorder,
+};
+
+#[derive(Debug, Serialize)]
+pub struct PointsView {
+    pub user_id: i64,
+    pub balance: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub id: i64,
+    pub kind: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<i64>,
+    #[serde(serialize_with = "crate::http::utc")]
+    pub created_at: NaiveDateTime,
+}
+
+pub async fn balance(pool: &MySqlPool, user_id: i64) -> Result<PointsView, AppError> {
+    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
+    let balance = balance.ok_or(AppError::UserNotFound)?;
+    Ok(PointsView { user_id, balance })
+}
+
+#[tracing::instrument(skip(pool, recorder))]
+pub async fn charge(
+    pool: &MySqlPool,
+    user_id: i64,
+    amount: Amount,
+    recorder: Option<&Recorder>,
+) -> Result<PointsView, AppError> {
+    db::transact(pool, recorder, |tx| {
+        Box::pin(charge_in(tx, user_id, amount))
+    })
+    .await
+}
+
+/// One conditional UPDATE checks the cap and adds the amount under the row lock, so
+/// concurrent charges serialise on the user row and none is lost; then the history row.
+async fn charge_in(
+    tx: &mut MySqlConnection,
+    user_id: i64,
+    amount: Amount,
+) -> Result<PointsView, AppError> {
+    let changed =
+        sqlx::query("UPDATE users SET balance = balance + ? WHERE id = ? AND balance <= ? - ?")
+            .bind(amount.get())
+            .bind(user_id)
+            .bind(MAX_BALANCE)
+            .bind(amount.get())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let balance = balance.ok_or(AppError::UserNotFound)?;
+    if changed == 0 {
+        // The user exists, so the cap refused it; the domain says so in its words.
+        Balance::new(balance).charge(amount)?;
+        return Err(AppError::BalanceLimitExceeded { max: MAX_BALANCE });
+    }
+    record(tx, user_id, PointKind::Charge, amount.get(), balance, None).await?;
+    Ok(PointsView { user_id, balance })
+}
+
+/// Appends a point history row; the caller holds the user's row lock.
+pub async fn record(
+    tx: &mut MySqlConnection,
+    user_id: i64,
+    kind: PointKind,
+    amount: i64,
+    balance_after: i64,
+    order_id: Option<i64>,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user_id)
+    .bind(kind.as_str())
+    .bind(amount)
+    .bind(balance_after)
+    .bind(order_id)
+    .bind(db::now())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn history(
+    pool: &MySqlPool,
+    user_id: i64,
+    page: CursorQuery,
+) -> Result<CursorPage<HistoryRow>, AppError> {
+    ensure_user(pool, user_id).await?;
+    let rows: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT id, kind, amount, balance_after, order_id, created_at FROM point_history \
+         WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+    )
+    .bind(user_id)
+    .bind(page.before)
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(CursorPage::from_rows(rows, page, |r| r.id))
+}
+
+/// `USER_NOT_FOUND` unless the user exists.
+pub async fn ensure_user(pool: &MySqlPool, user_id: i64) -> Result<(), AppError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ?")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
+    found.map(|_| ()).ok_or(AppError::UserNotFound)
+}

@@ -1,0 +1,74 @@
+//! Demo data: on an empty database, a catalog and users with points to browse and buy.
+
+use sqlx::{MySqlPool, QueryBuilder};
+
+use crate::{db, points::domain::PointKind};
+
+pub const DEMO_PRODUCTS: i64 = 1000;
+pub const DEMO_USERS: i64 = 100;
+pub const DEMO_BALANCE: i64 = 500_000;
+const ADJECTIVES: &[&str] = &[
+    "Classic", "Compact", "Deluxe", "Eco", "Handmade", "Limited", "Smart", "Vintage",
+];
+const NOUNS: &[&str] = &[
+    "Mug",
+    "Backpack",
+    "Lamp",
+    "Notebook",
+    "Headphones",
+    "Sneakers",
+    "Watch",
+    "Kettle",
+    "Chair",
+    "Scarf",
+];
+
+/// Seeds products and users when there are none; returns whether it seeded.
+pub async fn demo_if_empty(pool: &MySqlPool) -> anyhow::Result<bool> {
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(pool)
+        .await?;
+    let products: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
+        .fetch_one(pool)
+        .await?;
+    if users > 0 || products > 0 {
+        return Ok(false);
+    }
+    let now = db::now();
+    let mut tx = pool.begin().await?;
+    for chunk in (1..=DEMO_PRODUCTS).collect::<Vec<_>>().chunks(500) {
+        let mut q =
+            QueryBuilder::new("INSERT INTO products (name, price, stock, created_at, updated_at) ");
+        q.push_values(chunk, |mut row, i| {
+            let name = format!(
+                "{} {} #{i}",
+                ADJECTIVES[(*i as usize) % ADJECTIVES.len()],
+                NOUNS[(*i as usize) % NOUNS.len()]
+            );
+            row.push_bind(name)
+                .push_bind(100 * (1 + (i * 37) % 200))
+                .push_bind(10 + (i * 13) % 500)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    let mut q = QueryBuilder::new("INSERT INTO users (name, balance, created_at) ");
+    q.push_values(1..=DEMO_USERS, |mut row, i| {
+        row.push_bind(format!("demo-user-{i}"))
+            .push_bind(DEMO_BALANCE)
+            .push_bind(now);
+    });
+    q.build().execute(&mut *tx).await?;
+    // The opening balances are charges, so the history proves every balance.
+    sqlx::query(
+        "INSERT INTO point_history (user_id, kind, amount, balance_after, created_at) \
+         SELECT id, ?, balance, balance, ? FROM users",
+    )
+    .bind(PointKind::Charge.as_str())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
