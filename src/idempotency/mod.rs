@@ -94,7 +94,7 @@ impl Recorder {
             "UPDATE idempotency_keys SET status = 'DONE', response_status = ?, response_body = ? \
              WHERE scope = ? AND idem_key = ?",
         )
-        .bind(status.as_u16())
+        .bind(i16::try_from(status.as_u16()).unwrap_or(i16::MAX))
         .bind(body)
         .bind(&self.scope)
         .bind(&self.key)
@@ -179,10 +179,11 @@ fn request_hash(request: &impl Serialize) -> Result<String, AppError> {
     Ok(hex::encode(Sha256::digest(bytes)))
 }
 
+#[derive(sqlx::FromRow)]
 struct Stored {
     request_hash: String,
     status: String,
-    response_status: Option<u16>,
+    response_status: Option<i16>,
     response_body: Option<String>,
     locked_until: chrono::NaiveDateTime,
     created_at: chrono::NaiveDateTime,
@@ -231,31 +232,14 @@ async fn claim(pool: &MySqlPool, recorder: Recorder, hash: &str) -> Result<Claim
 }
 
 async fn load(pool: &MySqlPool, recorder: &Recorder) -> Result<Option<Stored>, AppError> {
-    let row: Option<(
-        String,
-        String,
-        Option<u16>,
-        Option<String>,
-        chrono::NaiveDateTime,
-        chrono::NaiveDateTime,
-    )> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT request_hash, status, response_status, response_body, locked_until, created_at \
-             FROM idempotency_keys WHERE scope = ? AND idem_key = ?",
+         FROM idempotency_keys WHERE scope = ? AND idem_key = ?",
     )
     .bind(&recorder.scope)
     .bind(&recorder.key)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(
-        |(request_hash, status, response_status, response_body, locked_until, created_at)| Stored {
-            request_hash,
-            status,
-            response_status,
-            response_body,
-            locked_until,
-            created_at,
-        },
-    ))
+    .await?)
 }
 
 /// Re-claims a stale or expired row; true when this request won it.
@@ -286,6 +270,7 @@ async fn take_over(
 fn replay(stored: Stored) -> Response {
     let status = stored
         .response_status
+        .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     let body = stored.response_body.unwrap_or_default();

@@ -1,0 +1,211 @@
+//! Bad input never gets a 5xx and never changes data.
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, Reply};
+
+#[tokio::test]
+async fn malformed_and_mistyped_bodies_are_400_and_write_nothing() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(5_000).await;
+    let product = app.create_product(100, 10).await;
+    let raw = |path: String, body: &'static str| {
+        let req = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { Reply::read(req.send().await.unwrap()).await }
+    };
+    let charge = format!("/v1/users/{user}/points/charge");
+    for body in ["{", "", "[]", "null", "{\"amount\": }", "amount=5"] {
+        raw(charge.clone(), body)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+    raw(charge.clone(), "{}")
+        .await
+        .assert_problem(400, "VALIDATION_FAILED");
+    for amount in [
+        "1e3",
+        "99999999999999999999999",
+        "-1",
+        "0",
+        "\"5\"",
+        "true",
+        "12.0",
+    ] {
+        let body: &'static str = Box::leak(format!("{{\"amount\": {amount}}}").into_boxed_str());
+        raw(charge.clone(), body)
+            .await
+            .assert_problem(400, "INVALID_AMOUNT");
+    }
+    let orders = "/v1/orders".to_string();
+    for body in [
+        r#"{"user_id": "1", "product_id": 1, "quantity": 1, "price": 100}"#,
+        r#"{"user_id": 1.5, "product_id": 1, "quantity": 1, "price": 100}"#,
+        r#"{"user_id": 0, "product_id": 1, "quantity": 1, "price": 100}"#,
+        r#"{"user_id": 1, "product_id": -1, "quantity": 1, "price": 100}"#,
+        r#"{"user_id": 1, "product_id": 1, "quantity": 18446744073709551616, "price": 100}"#,
+        r#"{"user_id": 1, "product_id": 1, "quantity": 1, "price": 1e2}"#,
+        r#"{"user_id": 1, "product_id": 1, "quantity": null, "price": 100}"#,
+    ] {
+        let body: &'static str = Box::leak(
+            body.replace("\"user_id\": 1,", &format!("\"user_id\": {user},"))
+                .into_boxed_str(),
+        );
+        raw(orders.clone(), body)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+    raw("/v1/payments".into(), r#"{"order_id": "x"}"#)
+        .await
+        .assert_problem(400, "VALIDATION_FAILED");
+    raw(
+        "/v1/payments".into(),
+        r#"{"order_id": 99999999999999999999}"#,
+    )
+    .await
+    .assert_problem(400, "VALIDATION_FAILED");
+
+    assert_eq!(app.balance(user).await, 5_000);
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.product_row(product).await, (10, 10, 0, 0));
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_413() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let padding = "x".repeat(70 * 1024);
+    let body = format!("{{\"amount\": 5, \"pad\": \"{padding}\"}}");
+    let req = app
+        .client
+        .post(app.url(&format!("/v1/users/{user}/points/charge")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body);
+    Reply::read(req.send().await.unwrap())
+        .await
+        .assert_problem(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(app.balance(user).await, 0);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_refused() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let req = app
+        .client
+        .post(app.url(&format!("/v1/users/{user}/points/charge")))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("{\"amount\": 5}");
+    let r = Reply::read(req.send().await.unwrap()).await;
+    r.assert_problem(415, "VALIDATION_FAILED");
+    assert_eq!(app.balance(user).await, 0);
+}
+
+#[tokio::test]
+async fn unknown_paths_wrong_methods_and_bad_parameters_are_problems() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    app.get("/v1/nothing-here", None)
+        .await
+        .assert_problem(404, "NOT_FOUND");
+    app.get("/", None).await.assert_problem(404, "NOT_FOUND");
+    let r = Reply::read(
+        app.client
+            .delete(app.url("/v1/products"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_problem(405, "METHOD_NOT_ALLOWED");
+    let r = Reply::read(
+        app.client
+            .put(app.url("/v1/payments"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_problem(405, "METHOD_NOT_ALLOWED");
+    for path in [
+        "/v1/users/abc/points".to_string(),
+        "/v1/users/0/points".to_string(),
+        "/v1/users/99999999999999999999/points".to_string(),
+        format!("/v1/users/{user}/points/history?limit=0"),
+        format!("/v1/users/{user}/points/history?limit=abc"),
+        format!("/v1/users/{user}/points/history?cursor=zz"),
+        format!("/v1/users/{user}/orders?limit=1000"),
+        "/v1/orders/1.5".to_string(),
+        "/v1/payments/-1".to_string(),
+    ] {
+        app.get(&path, Some(&token))
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+}
+
+#[tokio::test]
+async fn admin_input_is_validated_too() {
+    let app = spawn_app().await;
+    use reqwest::Method;
+    for body in [
+        json!({"name": "", "price": 1, "stock": 1}),
+        json!({"name": "x", "price": -1, "stock": 1}),
+        json!({"name": "x", "price": 1, "stock": -1}),
+        json!({"name": "x", "price": 1}),
+        json!({"name": "x".repeat(201), "price": 1, "stock": 1}),
+    ] {
+        app.admin(Method::POST, "/v1/admin/products", body)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+    app.admin(Method::POST, "/v1/admin/users", json!({"name": "  "}))
+        .await
+        .assert_problem(400, "VALIDATION_FAILED");
+    let id = app.create_product(100, 5).await;
+    for body in [
+        json!({}),
+        json!({"stock": -1}),
+        json!({"colour": "red"}),
+        json!({"price": "1"}),
+    ] {
+        app.admin(Method::PATCH, &format!("/v1/admin/products/{id}"), body)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+    app.admin(
+        Method::PATCH,
+        "/v1/admin/products/99999",
+        json!({"price": 5}),
+    )
+    .await
+    .assert_problem(404, "PRODUCT_NOT_FOUND");
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn admin_patch_sets_available_stock_and_keeps_reservations() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(10_000).await;
+    let id = app.create_product(100, 10).await;
+    app.order(user, &token, id, 4, 100).await.assert_status(201);
+    let r = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/admin/products/{id}"),
+            json!({"stock": 3, "price": 250, "name": "mug"}),
+        )
+        .await;
+    assert_eq!(
+        r.assert_status(200),
+        &json!({"id": id, "name": "mug", "price": 250, "stock": 3, "sold": 0})
+    );
+    assert_eq!(app.product_row(id).await, (3, 7, 4, 0));
+}

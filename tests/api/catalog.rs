@@ -1,0 +1,121 @@
+//! SPEC C1, C2 and the product detail.
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn c1_products_are_listed_twenty_per_page_by_id() {
+    let app = spawn_app().await;
+    for i in 0..45 {
+        app.create_product(100 + i, 5).await;
+    }
+    let first = app.get("/v1/products", None).await;
+    let body = first.assert_status(200);
+    assert_eq!(body["page"], 1);
+    assert_eq!(body["page_size"], 20);
+    assert_eq!(body["total_items"], 45);
+    assert_eq!(body["total_pages"], 3);
+    let ids: Vec<i64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let item = &body["items"][0];
+    assert!(item["name"].is_string() && item["price"].is_i64() && item["stock"] == 5);
+
+    let third = app.get("/v1/products?page=3", None).await;
+    assert_eq!(
+        third.assert_status(200)["items"].as_array().unwrap().len(),
+        5
+    );
+    let past = app.get("/v1/products?page=4", None).await;
+    assert_eq!(past.assert_status(200)["items"], json!([]));
+    let far = app
+        .get(&format!("/v1/products?page={}", i64::MAX), None)
+        .await;
+    assert_eq!(far.assert_status(200)["items"], json!([]));
+    for bad in ["0", "-1", "abc", "1.5", "99999999999999999999"] {
+        app.get(&format!("/v1/products?page={bad}"), None)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+}
+
+#[tokio::test]
+async fn a_product_detail_shows_available_stock_and_sold() {
+    let app = spawn_app().await;
+    let id = app.create_product(1200, 50).await;
+    let r = app.get(&format!("/v1/products/{id}"), None).await;
+    assert_eq!(
+        r.assert_status(200),
+        &json!({"id": id, "name": "thing", "price": 1200, "stock": 50, "sold": 0})
+    );
+    app.get("/v1/products/424242", None)
+        .await
+        .assert_problem(404, "PRODUCT_NOT_FOUND");
+    app.get("/v1/products/0", None)
+        .await
+        .assert_problem(400, "VALIDATION_FAILED");
+    app.get("/v1/products/-3", None)
+        .await
+        .assert_problem(400, "VALIDATION_FAILED");
+}
+
+async fn sell(app: &crate::helpers::TestApp, product: i64, days_ago: i64, quantity: i64) {
+    sqlx::query("INSERT INTO daily_sales (day, product_id, quantity) VALUES (?, ?, ?)")
+        .bind(Utc::now().date_naive() - Duration::days(days_ago))
+        .bind(product)
+        .bind(quantity)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn c2_top_ten_by_units_sold_in_the_window_ties_by_lower_id() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for _ in 0..13 {
+        ids.push(app.create_product(100, 1000).await);
+    }
+    // 12 products sold within 3 days, ids[0] and ids[1] tie; ids[12] sold only 5 days ago.
+    for (i, id) in ids.iter().take(12).enumerate() {
+        sell(&app, *id, (i % 3) as i64, 10 + i as i64).await;
+    }
+    sell(&app, ids[1], 0, 9).await; // ids[1]: 11 + 9 = 20
+    sell(&app, ids[0], 2, 10).await; // ids[0]: 10 + 10 = 20, like ids[10]
+    sell(&app, ids[12], 5, 1000).await;
+
+    let r = app.get("/v1/products/top", None).await;
+    let body = r.assert_status(200);
+    assert_eq!(body["days"], 3);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let order: Vec<i64> = items
+        .iter()
+        .map(|i| i["product_id"].as_i64().unwrap())
+        .collect();
+    // 21 (ids[11]), 20 (ids[10]), then the 20-tie ids[0] < ids[1] before ids[9] (19)...
+    assert_eq!(order[0], ids[11]);
+    assert_eq!(&order[1..4], &[ids[0], ids[1], ids[10]]);
+    assert!(
+        !order.contains(&ids[12]),
+        "sales outside the window do not count"
+    );
+    assert_eq!(items[0]["rank"], 1);
+    assert_eq!(items[0]["sold"], 21);
+    assert!(items[0]["name"].is_string() && items[0]["price"] == 100);
+
+    let wide = app.get("/v1/products/top?days=7", None).await;
+    assert_eq!(wide.assert_status(200)["items"][0]["product_id"], ids[12]);
+    for bad in ["0", "31", "x", "-2"] {
+        app.get(&format!("/v1/products/top?days={bad}"), None)
+            .await
+            .assert_problem(400, "VALIDATION_FAILED");
+    }
+}

@@ -1,0 +1,165 @@
+//! The SPEC §1 invariants under hundreds of concurrent requests.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_with};
+
+#[tokio::test]
+async fn two_hundred_concurrent_charges_lose_nothing() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let replies = join_all((0..200).map(|_| app.charge(user, &token, 10))).await;
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().find(|r| r.status != 200)
+    );
+    assert_eq!(app.balance(user).await, 2000);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM point_history WHERE user_id = {user}"
+        ))
+        .await,
+        200
+    );
+    // Every charge saw a different balance: they were serialised, none overwrote another.
+    let seen: HashSet<i64> = replies
+        .iter()
+        .map(|r| r.body["balance"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 200);
+    app.assert_points_conserved(user).await;
+}
+
+#[tokio::test]
+async fn concurrent_charges_crossing_the_cap_let_exactly_the_right_number_through() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(999_000).await;
+    let replies = join_all((0..100).map(|_| app.charge(user, &token, 100))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let capped = replies
+        .iter()
+        .filter(|r| r.body["code"] == "BALANCE_LIMIT_EXCEEDED")
+        .count();
+    assert_eq!((ok, capped), (10, 90));
+    assert_eq!(app.balance(user).await, 1_000_000);
+    app.assert_points_conserved(user).await;
+}
+
+#[tokio::test]
+async fn a_hundred_buyers_racing_for_ten_units_never_oversell() {
+    let app = spawn_with(|c| c.db_max_connections = 30).await;
+    let product = app.create_product(500, 10).await;
+    let mut buyers = Vec::new();
+    for _ in 0..100 {
+        buyers.push(app.funded_user(1_000).await);
+    }
+    let attempts = buyers.iter().map(|(user, token)| {
+        let app = &app;
+        async move {
+            let order = app.order(*user, token, product, 1, 500).await;
+            if order.status != 201 {
+                assert_eq!(order.body["code"], "OUT_OF_STOCK", "{order:?}");
+                return false;
+            }
+            let paid = app
+                .pay(token, order.body["order_id"].as_i64().unwrap())
+                .await;
+            assert_eq!(paid.status, 201, "{paid:?}");
+            true
+        }
+    });
+    let bought = join_all(attempts).await.into_iter().filter(|b| *b).count();
+    assert_eq!(bought, 10);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM orders WHERE status = 'PAID'")
+            .await,
+        10
+    );
+    let paid_units = app
+        .count(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM orders WHERE status = 'PAID'",
+        )
+        .await;
+    assert_eq!(paid_units, 10);
+    assert_eq!(app.product_row(product).await, (0, 0, 0, 10));
+    // Points are conserved: what left the buyers is exactly what was paid.
+    let total: i64 = app
+        .count("SELECT CAST(SUM(balance) AS SIGNED) FROM users")
+        .await;
+    assert_eq!(total, 100 * 1_000 - 10 * 500);
+    for (user, _) in &buyers {
+        app.assert_points_conserved(*user).await;
+    }
+}
+
+#[tokio::test]
+async fn sixteen_retries_with_one_idempotency_key_charge_once() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let path = format!("/v1/users/{user}/points/charge");
+    let replies = join_all((0..16).map(|_| {
+        app.post_with_key(
+            &path,
+            Some(&token),
+            json!({"amount": 700}),
+            Some("retry-me"),
+        )
+    }))
+    .await;
+    for r in &replies {
+        match r.status.as_u16() {
+            200 => assert_eq!(r.body, json!({"user_id": user, "balance": 700})),
+            409 => assert_eq!(r.body["code"], "IDEMPOTENCY_IN_PROGRESS"),
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    assert!(replies.iter().any(|r| r.status == 200));
+    assert_eq!(app.balance(user).await, 700);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM point_history WHERE user_id = {user}"
+        ))
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn users_paying_for_each_others_products_in_opposite_order_never_deadlock_into_a_5xx() {
+    let app = spawn_with(|c| c.db_max_connections = 30).await;
+    let x = app.create_product(10, 10_000).await;
+    let y = app.create_product(10, 10_000).await;
+    let (a, ta) = app.funded_user(100_000).await;
+    let (b, tb) = app.funded_user(100_000).await;
+    // A buys x then y; B buys y then x — many rounds at once, plus charges on both users.
+    let mut orders = Vec::new();
+    for _ in 0..40 {
+        for (user, token, product) in [(a, &ta, x), (a, &ta, y), (b, &tb, y), (b, &tb, x)] {
+            let id = app.order(user, token, product, 1, 10).await.body["order_id"]
+                .as_i64()
+                .unwrap();
+            orders.push((token.clone(), id));
+        }
+    }
+    let pays = orders.iter().map(|(token, id)| app.pay(token, *id));
+    let charges = (0..80).map(|i| {
+        if i % 2 == 0 {
+            app.charge(a, &ta, 1)
+        } else {
+            app.charge(b, &tb, 1)
+        }
+    });
+    let (paid, charged) = tokio::join!(join_all(pays), join_all(charges));
+    for r in paid.iter().chain(charged.iter()) {
+        assert!(r.status.is_success(), "{r:?}");
+    }
+    assert_eq!(app.product_row(x).await.3 + app.product_row(y).await.3, 160);
+    assert_eq!(app.balance(a).await, 100_000 - 80 * 10 + 40);
+    assert_eq!(app.balance(b).await, 100_000 - 80 * 10 + 40);
+    app.assert_points_conserved(a).await;
+    app.assert_points_conserved(b).await;
+}

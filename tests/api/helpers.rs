@@ -1,0 +1,303 @@
+//! `spawn_app()`: a fresh database, the migrations, the real router on a random port.
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
+
+use commerce_api::{
+    auth::TokenService,
+    build_app,
+    config::{AuthConfig, Config, LogFormat},
+    db, orders, AppState,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::MySqlPool;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: MySqlPool,
+    pub tokens: TokenService,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    // The recorder is process-wide; every app of this test process shares it.
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| commerce_api::telemetry::install_metrics().expect("metrics recorder"))
+        .clone()
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "commerce_test_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn test_config() -> Config {
+    let base = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://commerce:commerce@127.0.0.1:3306".into());
+    let name = unique_name();
+    Config {
+        database_url: format!("{}/{}", base.trim_end_matches('/'), name),
+        redis_url: std::env::var("TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        bind_addr: "127.0.0.1:0".parse().expect("address"),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        auth: AuthConfig {
+            jwt_secret: Some(JWT_SECRET.into()),
+            disabled: false,
+            issuer: None,
+            audience: None,
+            token_ttl: Duration::from_secs(3600),
+        },
+        order_ttl: Duration::from_secs(600),
+        sweep_interval: Duration::from_millis(100),
+        redis_prefix: format!("{name}:"),
+        db_max_connections: 20,
+        log_format: LogFormat::Pretty,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts the app with a test configuration changed by `tweak`.
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    tweak(&mut config);
+    let pool = db::connect(&config.database_url, config.db_max_connections)
+        .await
+        .expect("test database");
+    orders::expiry::spawn(pool.clone(), config.sweep_interval);
+    let tokens = TokenService::new(&config.auth);
+    let state = AppState::new(config, pool.clone(), Some(metrics_handle())).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, build_app(state)).await });
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client"),
+        db: pool,
+        tokens,
+    }
+}
+
+/// A response read whole: status, a header or two, and the JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub async fn read(response: Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Self {
+            status,
+            content_type,
+            headers,
+            body,
+        }
+    }
+
+    /// Asserts a problem+json answer with this status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
+        assert_eq!(self.body["code"], code, "{self:?}");
+        assert_eq!(self.body["status"], status, "{self:?}");
+        assert!(
+            self.body["type"].is_string()
+                && self.body["title"].is_string()
+                && self.body["detail"].is_string()
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        &self.body
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Reply::read(req.send().await.expect("request")).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.post_with_key(path, token, body, None).await
+    }
+
+    pub async fn post_with_key(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+        key: Option<&str>,
+    ) -> Reply {
+        let mut req = self.client.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        Reply::read(req.send().await.expect("request")).await
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Reply {
+        let req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        Reply::read(req.send().await.expect("request")).await
+    }
+
+    pub async fn create_user(&self, name: &str) -> i64 {
+        let r = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/admin/users",
+                json!({"name": name}),
+            )
+            .await;
+        r.assert_status(201)["id"].as_i64().expect("id")
+    }
+
+    pub async fn create_product(&self, price: i64, stock: i64) -> i64 {
+        let r = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/admin/products",
+                json!({"name": "thing", "price": price, "stock": stock}),
+            )
+            .await;
+        r.assert_status(201)["id"].as_i64().expect("id")
+    }
+
+    pub fn token(&self, user_id: i64) -> String {
+        self.tokens.mint(user_id).expect("token").token
+    }
+
+    /// A user with `balance` points and a token.
+    pub async fn funded_user(&self, balance: i64) -> (i64, String) {
+        let id = self.create_user("buyer").await;
+        let token = self.token(id);
+        if balance > 0 {
+            self.charge(id, &token, balance).await.assert_status(200);
+        }
+        (id, token)
+    }
+
+    pub async fn charge(&self, user_id: i64, token: &str, amount: i64) -> Reply {
+        self.post(
+            &format!("/v1/users/{user_id}/points/charge"),
+            Some(token),
+            json!({"amount": amount}),
+        )
+        .await
+    }
+
+    pub async fn order(
+        &self,
+        user_id: i64,
+        token: &str,
+        product_id: i64,
+        quantity: i64,
+        price: i64,
+    ) -> Reply {
+        self.post(
+            "/v1/orders",
+            Some(token),
+            json!({"user_id": user_id, "product_id": product_id, "quantity": quantity, "price": price}),
+        )
+        .await
+    }
+
+    pub async fn pay(&self, token: &str, order_id: i64) -> Reply {
+        self.post("/v1/payments", Some(token), json!({"order_id": order_id}))
+            .await
+    }
+
+    pub async fn balance(&self, user_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_one(&self.db)
+            .await
+            .expect("balance")
+    }
+
+    /// (available, unsold stock, reserved, sold) straight from MySQL.
+    pub async fn product_row(&self, id: i64) -> (i64, i64, i64, i64) {
+        sqlx::query_as("SELECT stock - reserved, stock, reserved, sold FROM products WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.db)
+            .await
+            .expect("product")
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    /// The point-history proof: balance = Σ charges − Σ uses + Σ refunds.
+    pub async fn assert_points_conserved(&self, user_id: i64) {
+        let from_history: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(CASE kind WHEN 'USE' THEN -amount ELSE amount END), 0) AS SIGNED) \
+             FROM point_history WHERE user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_one(&self.db)
+        .await
+        .expect("history sum");
+        assert_eq!(self.balance(user_id).await, from_history, "user {user_id}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real app on a random port, against real MariaDB and Redis.
+//! One binary for all of them keeps build times down.
+
+mod auth;
+mod bad_input;
+mod catalog;
+mod concurrency;
+mod helpers;
+mod idempotency;
+mod ops;
+mod orders;
+mod payments;
+mod points;
