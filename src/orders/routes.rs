@@ -42,7 +42,6 @@ async fn place(
     key: IdempotencyKey,
     AppJson(body): AppJson<PlaceOrderRequest>,
 ) -> Result<Response, AppError> {
-    caller.act_for(body.user_id.get())?;
     let order = NewOrder {
         user_id: body.user_id.get(),
         product_id: body.product_id.get(),
@@ -60,7 +59,7 @@ async fn place(
         caller.scope("order"),
         &body,
         StatusCode::CREATED,
-        |recorder| async move { service::place(db, order, ttl, recorder.as_ref()).await },
+        |recorder| async move { service::place(db, caller, order, ttl, recorder.as_ref()).await },
     )
     .await
 }
@@ -89,9 +88,8 @@ async fn list(
     AppPath(user_id): AppPath<Id>,
     AppQuery(params): AppQuery<CursorParams>,
 ) -> Result<Json<CursorPage<OrderView>>, AppError> {
-    caller.act_for(user_id.get())?;
     let page = params.parse()?;
     Ok(Json(
-        service::list_for_user(&state.db, user_id.get(), page).await?,
+        service::list_for_user(&state.db, caller, user_id.get(), page).await?,
     ))
 }

@@ -50,11 +50,13 @@ pub struct NewOrder {
 #[tracing::instrument(skip(pool, recorder))]
 pub async fn place(
     pool: &MySqlPool,
+    caller: Caller,
     order: NewOrder,
     ttl: Duration,
     recorder: Option<&Recorder>,
 ) -> Result<OrderView, AppError> {
     let ttl = chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?;
+    caller.act_for(order.user_id)?;
     db::transact(pool, recorder, |tx| Box::pin(place_in(tx, order, ttl))).await
 }
 
@@ -137,9 +139,11 @@ pub async fn get(pool: &MySqlPool, caller: Caller, order_id: i64) -> Result<Orde
 
 pub async fn list_for_user(
     pool: &MySqlPool,
+    caller: Caller,
     user_id: i64,
     page: CursorQuery,
 ) -> Result<CursorPage<OrderView>, AppError> {
+    caller.act_for(user_id)?;
     crate::points::service::ensure_user(pool, user_id).await?;
     let rows: Vec<OrderView> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?"

@@ -27,8 +27,9 @@ async fn balance(
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
 ) -> Result<Json<service::PointsView>, AppError> {
-    caller.act_for(user_id.get())?;
-    Ok(Json(service::balance(&state.db, user_id.get()).await?))
+    Ok(Json(
+        service::balance(&state.db, caller, user_id.get()).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -44,13 +45,19 @@ async fn charge(
     key: IdempotencyKey,
     AppJson(body): AppJson<ChargeRequest>,
 ) -> Result<Response, AppError> {
-    caller.act_for(user_id.get())?;
     let amount = Amount::parse(&body.amount)?;
     let request = (user_id, amount.get());
     let db = &state.db;
-    idempotency::run(db, key, caller.scope("charge"), &request, StatusCode::OK, |recorder| async move {
-        service::charge(db, user_id.get(), amount, recorder.as_ref()).await
-    })
+    idempotency::run(
+        db,
+        key,
+        caller.scope("charge"),
+        &request,
+        StatusCode::OK,
+        |recorder| async move {
+            service::charge(db, caller, user_id.get(), amount, recorder.as_ref()).await
+        },
+    )
     .await
 }
 
@@ -60,9 +67,8 @@ async fn history(
     AppPath(user_id): AppPath<Id>,
     AppQuery(params): AppQuery<CursorParams>,
 ) -> Result<Json<crate::http::pagination::CursorPage<service::HistoryRow>>, AppError> {
-    caller.act_for(user_id.get())?;
     let page = params.parse()?;
     Ok(Json(
-        service::history(&state.db, user_id.get(), page).await?,
+        service::history(&state.db, caller, user_id.get(), page).await?,
     ))
 }

@@ -6,6 +6,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use super::domain::{Amount, Balance, PointKind, MAX_BALANCE};
 use crate::{
+    auth::Caller,
     db,
     error::AppError,
     http::pagination::{CursorPage, CursorQuery},
@@ -30,7 +31,12 @@ pub struct HistoryRow {
     pub created_at: NaiveDateTime,
 }
 
-pub async fn balance(pool: &MySqlPool, user_id: i64) -> Result<PointsView, AppError> {
+pub async fn balance(
+    pool: &MySqlPool,
+    caller: Caller,
+    user_id: i64,
+) -> Result<PointsView, AppError> {
+    caller.act_for(user_id)?;
     let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
         .bind(user_id)
         .fetch_optional(pool)
@@ -42,10 +48,12 @@ pub async fn balance(pool: &MySqlPool, user_id: i64) -> Result<PointsView, AppEr
 #[tracing::instrument(skip(pool, recorder))]
 pub async fn charge(
     pool: &MySqlPool,
+    caller: Caller,
     user_id: i64,
     amount: Amount,
     recorder: Option<&Recorder>,
 ) -> Result<PointsView, AppError> {
+    caller.act_for(user_id)?;
     db::transact(pool, recorder, |tx| {
         Box::pin(charge_in(tx, user_id, amount))
     })
@@ -108,9 +116,11 @@ pub async fn record(
 
 pub async fn history(
     pool: &MySqlPool,
+    caller: Caller,
     user_id: i64,
     page: CursorQuery,
 ) -> Result<CursorPage<HistoryRow>, AppError> {
+    caller.act_for(user_id)?;
     ensure_user(pool, user_id).await?;
     let rows: Vec<HistoryRow> = sqlx::query_as(
         "SELECT id, kind, amount, balance_after, order_id, created_at FROM point_history \
