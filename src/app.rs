@@ -1,6 +1,6 @@
 //! The application: shared state and the router every entry point (main, tests) uses.
 
-use std::sync::Arc;
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{extract::DefaultBodyLimit, middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,7 +16,7 @@ use crate::{
     auth::TokenService,
     catalog,
     config::Config,
-    http::{extract::MAX_BODY_BYTES, middleware as mw},
+    http::{extract::MAX_BODY_BYTES, middleware as mw, rate_limit},
     ops, orders, payments, points,
 };
 
@@ -26,6 +26,7 @@ pub struct AppState {
     pub redis: deadpool_redis::Pool,
     pub config: Arc<Config>,
     pub tokens: Arc<TokenService>,
+    pub rate_limits: Arc<rate_limit::RateLimits>,
     /// Renders `/metrics`; `None` where no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -45,6 +46,7 @@ impl AppState {
             .build()?;
         Ok(Self {
             tokens: Arc::new(TokenService::new(&config.auth)),
+            rate_limits: Arc::new(rate_limit::RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
             db,
             redis,
@@ -66,6 +68,10 @@ pub fn build_app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(mw::track_metrics))
         .fallback(mw::not_found)
         .method_not_allowed_fallback(mw::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(crate::error::AppError::Internal(
@@ -76,4 +82,37 @@ pub fn build_app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// How often idle rate-limit keys are forgotten.
+const EVICT_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts the background work of one instance: the order expiry sweeper and the eviction
+/// of idle rate-limit keys. They run until the runtime stops.
+pub fn spawn_background(state: &AppState) {
+    crate::orders::expiry::spawn(state.db.clone(), state.config.sweep_interval);
+    let limits = state.rate_limits.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(EVICT_EVERY);
+        loop {
+            ticker.tick().await;
+            limits.evict_idle();
+            metrics::gauge!("rate_limit_tracked_keys").set(limits.tracked_keys() as f64);
+        }
+    });
+}
+
+/// Serves the router with the peer address available to the rate limiter, until `shutdown`
+/// resolves; in-flight requests then finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

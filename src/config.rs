@@ -17,6 +17,17 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
 }
 
+/// Request rate limits; a rate of 0 turns that limit off.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimitConfig {
+    /// Every route but the probes, per client IP.
+    pub per_ip_per_sec: u32,
+    pub per_ip_burst: u32,
+    /// Write routes, per authenticated user.
+    pub user_write_per_sec: u32,
+    pub user_write_burst: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -38,6 +49,7 @@ pub struct Config {
     /// Namespace of every Redis key.
     pub redis_prefix: String,
     pub db_max_connections: u32,
+    pub rate_limits: RateLimitConfig,
     pub log_format: LogFormat,
 }
 
@@ -56,6 +68,15 @@ impl Config {
                     format!("{key} must be a whole number of seconds")
                 })?)),
             }
+        };
+        let number = |key: &str, default: u32| -> anyhow::Result<u32> {
+            get(key)
+                .map(|v| {
+                    v.parse::<u32>()
+                        .with_context(|| format!("{key} must be a whole number"))
+                })
+                .transpose()
+                .map(|v| v.unwrap_or(default))
         };
         let disabled = matches!(get("AUTH_DISABLED").as_deref(), Some("true" | "1"));
         let jwt_secret = get("AUTH_JWT_SECRET");
@@ -83,19 +104,15 @@ impl Config {
                 token_ttl: secs("AUTH_TOKEN_TTL_SECS", 3600)?,
             },
             order_ttl: secs("ORDER_TTL_SECS", 600)?,
-            sweep_interval: Duration::from_millis(
-                get("SWEEP_INTERVAL_MS")
-                    .map(|v| v.parse())
-                    .transpose()
-                    .context("SWEEP_INTERVAL_MS must be a whole number")?
-                    .unwrap_or(250),
-            ),
+            sweep_interval: Duration::from_millis(u64::from(number("SWEEP_INTERVAL_MS", 250)?)),
             redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into()),
-            db_max_connections: get("DB_MAX_CONNECTIONS")
-                .map(|v| v.parse())
-                .transpose()
-                .context("DB_MAX_CONNECTIONS must be a whole number")?
-                .unwrap_or(32),
+            db_max_connections: number("DB_MAX_CONNECTIONS", 32)?,
+            rate_limits: RateLimitConfig {
+                per_ip_per_sec: number("RATE_LIMIT_PER_SEC", 1000)?,
+                per_ip_burst: number("RATE_LIMIT_BURST", 2000)?,
+                user_write_per_sec: number("USER_RATE_LIMIT_PER_SEC", 20)?,
+                user_write_burst: number("USER_RATE_LIMIT_BURST", 40)?,
+            },
             log_format,
         })
     }

@@ -1,7 +1,12 @@
 //! The commerce-api binary: `commerce-api [serve] [--seed-demo]`.
 
 use anyhow::Context;
-use commerce_api::{build_app, config::Config, db, orders, seed, telemetry, AppState};
+use commerce_api::{
+    app::{serve, spawn_background},
+    build_app,
+    config::Config,
+    db, seed, telemetry, AppState,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -31,16 +36,13 @@ async fn main() -> anyhow::Result<()> {
             "seeded demo data"
         );
     }
-    orders::expiry::spawn(pool.clone(), config.sweep_interval);
-
     let listener = TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
     tracing::info!(addr = %config.bind_addr, "listening");
-    let app = build_app(AppState::new(config, pool, Some(metrics))?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let state = AppState::new(config, pool, Some(metrics))?;
+    spawn_background(&state);
+    serve(listener, build_app(state), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

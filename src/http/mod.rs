@@ -4,6 +4,7 @@
 pub mod extract;
 pub mod middleware;
 pub mod pagination;
+pub mod rate_limit;
 
 pub use extract::{AppJson, AppPath, AppQuery, Id};
 

@@ -9,10 +9,11 @@ use std::{
 };
 
 use commerce_api::{
+    app::{serve, spawn_background},
     auth::TokenService,
     build_app,
-    config::{AuthConfig, Config, LogFormat},
-    db, orders, AppState,
+    config::{AuthConfig, Config, LogFormat, RateLimitConfig},
+    db, AppState,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use reqwest::{Response, StatusCode};
@@ -72,6 +73,13 @@ pub fn test_config() -> Config {
         sweep_interval: Duration::from_millis(100),
         redis_prefix: format!("{name}:"),
         db_max_connections: 20,
+        // Off by default so the concurrency tests measure the service, not the limiter.
+        rate_limits: RateLimitConfig {
+            per_ip_per_sec: 0,
+            per_ip_burst: 0,
+            user_write_per_sec: 0,
+            user_write_burst: 0,
+        },
         log_format: LogFormat::Pretty,
     }
 }
@@ -87,14 +95,14 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let pool = db::connect(&config.database_url, config.db_max_connections)
         .await
         .expect("test database");
-    orders::expiry::spawn(pool.clone(), config.sweep_interval);
     let tokens = TokenService::new(&config.auth);
     let state = AppState::new(config, pool.clone(), Some(metrics_handle())).expect("state");
+    spawn_background(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, build_app(state)).await });
+    tokio::spawn(serve(listener, build_app(state), std::future::pending()));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()

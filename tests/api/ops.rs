@@ -68,3 +68,51 @@ async fn mysql_down_is_503_dependency_unavailable() {
     ready.assert_problem(503, "DEPENDENCY_UNAVAILABLE");
     assert!(ready.body["detail"].as_str().unwrap().contains("mysql"));
 }
+
+#[tokio::test]
+async fn a_burst_past_the_ip_limit_is_429_with_retry_after_but_probes_are_exempt() {
+    let app = spawn_with(|c| {
+        c.rate_limits.per_ip_per_sec = 1;
+        c.rate_limits.per_ip_burst = 5;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(app.get("/v1/products", None).await);
+    }
+    assert!(statuses[..5].iter().all(|r| r.status == 200));
+    let limited = statuses.last().unwrap();
+    limited.assert_problem(429, "RATE_LIMITED");
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    for _ in 0..10 {
+        assert_eq!(app.get("/healthz", None).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn the_per_user_write_limit_does_not_touch_another_user() {
+    let app = spawn_with(|c| {
+        c.rate_limits.user_write_per_sec = 1;
+        c.rate_limits.user_write_burst = 3;
+    })
+    .await;
+    let (a, ta) = app.funded_user(0).await;
+    let (b, tb) = app.funded_user(0).await;
+    for _ in 0..3 {
+        app.charge(a, &ta, 1).await.assert_status(200);
+    }
+    app.charge(a, &ta, 1)
+        .await
+        .assert_problem(429, "RATE_LIMITED");
+    // Reads are not write-limited, and the other user is unaffected.
+    app.get(&format!("/v1/users/{a}/points"), Some(&ta))
+        .await
+        .assert_status(200);
+    app.charge(b, &tb, 1).await.assert_status(200);
+    assert_eq!(app.balance(a).await, 3);
+}
