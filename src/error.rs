@@ -61,7 +61,7 @@ pub enum AppError {
 }
 
 /// An RFC 9457 problem document; `code` is the stable identifier of SPEC §4.
-#[derive(Debug, Serialize, Deserialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod idempotency;
+pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod payments;

@@ -1,6 +1,6 @@
 //! Operator routes behind `ADMIN_TOKEN`: users, products, and demo tokens.
 
-mod routes;
+pub mod routes;
 pub mod service;
 
 pub use routes::router;

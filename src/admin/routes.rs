@@ -2,6 +2,7 @@
 
 use axum::{extract::State, http::StatusCode, routing::patch, routing::post, Json, Router};
 use serde::Deserialize;
+use utoipa::OpenApi;
 
 use super::service::{self, ProductChange, UserView};
 use crate::{
@@ -13,6 +14,14 @@ use crate::{
     points::service::ensure_user,
 };
 
+/// OpenAPI description of these routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(create_user, mint_token, create_product, update_product),
+    components(schemas(CreateUser, CreateProduct, UpdateProduct, UserView, MintedToken))
+)]
+pub struct Api;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/users", post(create_user))
@@ -21,11 +30,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/products/{product_id}", patch(update_product))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CreateUser {
     name: String,
 }
 
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("admin" = [])), request_body = CreateUser,
+    responses((status = 201, body = UserView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or wrong admin token", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn create_user(
     State(state): State<AppState>,
     _: Admin,
@@ -38,6 +50,11 @@ async fn create_user(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/admin/users/{user_id}/tokens", tag = "admin", security(("admin" = [])),
+    params(("user_id" = i64, Path, minimum = 1)),
+    responses((status = 201, body = MintedToken), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or wrong admin token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn mint_token(
     State(state): State<AppState>,
     _: Admin,
@@ -47,13 +64,16 @@ async fn mint_token(
     Ok((StatusCode::CREATED, Json(state.tokens.mint(user_id.get())?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CreateProduct {
     name: String,
     price: i64,
     stock: i64,
 }
 
+#[utoipa::path(post, path = "/v1/admin/products", tag = "admin", security(("admin" = [])), request_body = CreateProduct,
+    responses((status = 201, body = ProductDetail), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or wrong admin token", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn create_product(
     State(state): State<AppState>,
     _: Admin,
@@ -68,7 +88,7 @@ async fn create_product(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateProduct {
     name: Option<String>,
@@ -76,6 +96,11 @@ struct UpdateProduct {
     stock: Option<i64>,
 }
 
+#[utoipa::path(patch, path = "/v1/admin/products/{product_id}", tag = "admin", security(("admin" = [])),
+    params(("product_id" = i64, Path, minimum = 1)), request_body = UpdateProduct,
+    responses((status = 200, body = ProductDetail), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or wrong admin token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn update_product(
     State(state): State<AppState>,
     _: Admin,

@@ -9,7 +9,7 @@ use crate::{
     error::AppError,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: i64,
     pub name: String,

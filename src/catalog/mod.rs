@@ -1,7 +1,7 @@
 //! Catalog: product listing, details and the best sellers (SPEC C1, C2).
 
 pub mod domain;
-mod routes;
+pub mod routes;
 pub mod service;
 
 pub use routes::router;

@@ -2,6 +2,7 @@
 
 use axum::{extract::State, routing::get, Json, Router};
 use serde::Deserialize;
+use utoipa::OpenApi;
 
 use super::{domain, service};
 use crate::{
@@ -9,6 +10,20 @@ use crate::{
     error::AppError,
     http::{AppPath, AppQuery, Id},
 };
+
+/// OpenAPI description of these routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, top, detail),
+    components(schemas(
+        service::ProductPage,
+        service::ProductSummary,
+        service::ProductDetail,
+        service::TopSellers,
+        service::TopItem
+    ))
+)]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,6 +37,9 @@ struct ListParams {
     page: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/products", tag = "catalog",
+    params(("page" = Option<i64>, Query, minimum = 1, description = "1-based; 20 products a page")),
+    responses((status = 200, body = service::ProductPage), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn list(
     State(state): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
@@ -30,6 +48,10 @@ async fn list(
     Ok(Json(service::list(&state.db, page).await?))
 }
 
+#[utoipa::path(get, path = "/v1/products/{product_id}", tag = "catalog",
+    params(("product_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = service::ProductDetail), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn detail(
     State(state): State<AppState>,
     AppPath(id): AppPath<Id>,
@@ -42,6 +64,9 @@ struct TopParams {
     days: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/products/top", tag = "catalog",
+    params(("days" = Option<i64>, Query, minimum = 1, maximum = 30, description = "UTC days, today included; default 3")),
+    responses((status = 200, body = service::TopSellers), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn top(
     State(state): State<AppState>,
     AppQuery(params): AppQuery<TopParams>,

@@ -8,7 +8,7 @@ use sqlx::MySqlPool;
 use super::domain::{total_pages, PAGE_SIZE, TOP_N};
 use crate::error::AppError;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProductSummary {
     pub id: i64,
     pub name: String,
@@ -16,7 +16,7 @@ pub struct ProductSummary {
     pub stock: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProductDetail {
     pub id: i64,
     pub name: String,
@@ -25,7 +25,7 @@ pub struct ProductDetail {
     pub sold: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProductPage {
     pub page: i64,
     pub page_size: i64,
@@ -34,7 +34,7 @@ pub struct ProductPage {
     pub items: Vec<ProductSummary>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TopItem {
     pub rank: i64,
     pub product_id: i64,
@@ -43,7 +43,7 @@ pub struct TopItem {
     pub sold: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopSellers {
     pub days: i64,
     pub items: Vec<TopItem>,

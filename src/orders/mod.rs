@@ -3,7 +3,7 @@
 
 pub mod domain;
 pub mod expiry;
-mod routes;
+pub mod routes;
 pub mod service;
 
 pub use routes::router;

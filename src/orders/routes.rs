@@ -4,6 +4,7 @@ use axum::{
     extract::State, http::StatusCode, response::Response, routing::get, routing::post, Json, Router,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
 
 use super::{
     domain::Quantity,
@@ -20,6 +21,14 @@ use crate::{
     idempotency::{self, IdempotencyKey},
 };
 
+/// OpenAPI description of these routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(place, get_one, cancel, list),
+    components(schemas(PlaceOrderRequest, OrderView))
+)]
+pub struct Api;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/orders", post(place))
@@ -28,14 +37,29 @@ pub fn router() -> Router<AppState> {
         .route("/v1/users/{user_id}/orders", get(list))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PlaceOrderRequest {
+    #[schema(value_type = i64, minimum = 1)]
     pub user_id: Id,
+    #[schema(value_type = i64, minimum = 1)]
     pub product_id: Id,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
+    /// The unit price the user saw; it must be the current price.
     pub price: i64,
 }
 
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = PlaceOrderRequest,
+    responses((status = 201, body = OrderView),
+        (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND or PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "OUT_OF_STOCK, PRICE_MISMATCH or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn place(
     State(state): State<AppState>,
     caller: Caller,
@@ -64,6 +88,11 @@ async fn place(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", security(("bearer" = [])),
+    params(("order_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = OrderView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ORDER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -72,6 +101,12 @@ async fn get_one(
     Ok(Json(service::get(&state.db, caller, order_id.get()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("order_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = OrderView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ORDER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ORDER_NOT_CANCELLABLE", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -82,6 +117,12 @@ async fn cancel(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/orders", tag = "orders", security(("bearer" = [])),
+    params(("user_id" = i64, Path, minimum = 1), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = CursorPage<OrderView>), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,

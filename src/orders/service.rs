@@ -19,7 +19,7 @@ use crate::{
     idempotency::Recorder,
 };
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderView {
     #[sqlx(rename = "id")]
     pub order_id: i64,
@@ -28,10 +28,13 @@ pub struct OrderView {
     pub quantity: i64,
     pub unit_price: i64,
     pub total_amount: i64,
+    #[schema(example = "PENDING")]
     pub status: String,
     #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: NaiveDateTime,
 }
 

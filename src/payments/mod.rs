@@ -1,6 +1,6 @@
 //! Payments: paying a PENDING order with points, all effects in one transaction (SPEC Y1–Y6).
 
-mod routes;
+pub mod routes;
 pub mod service;
 
 pub use routes::router;

@@ -4,6 +4,7 @@ use axum::{
     extract::State, http::StatusCode, response::Response, routing::get, routing::post, Json, Router,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
 
 use super::service::{self, PaymentView};
 use crate::{
@@ -14,17 +15,33 @@ use crate::{
     idempotency::{self, IdempotencyKey},
 };
 
+/// OpenAPI description of these routes.
+#[derive(OpenApi)]
+#[openapi(paths(pay, get_one), components(schemas(PayRequest, PaymentView)))]
+pub struct Api;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/payments", post(pay))
         .route("/v1/payments/{payment_id}", get(get_one))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PayRequest {
+    #[schema(value_type = i64, minimum = 1)]
     pub order_id: Id,
 }
 
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = PayRequest,
+    responses((status = 201, body = PaymentView),
+        (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ORDER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INSUFFICIENT_POINTS, OUT_OF_STOCK, ORDER_NOT_PAYABLE or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn pay(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,6 +61,11 @@ async fn pay(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments", security(("bearer" = [])),
+    params(("payment_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = PaymentView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "PAYMENT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,

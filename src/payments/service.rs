@@ -24,7 +24,7 @@ use crate::{
 
 pub const COMPLETED: &str = "COMPLETED";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PaymentView {
     #[sqlx(rename = "id")]
     pub payment_id: i64,
@@ -35,6 +35,7 @@ pub struct PaymentView {
     pub balance_after: i64,
     #[sqlx(rename = "created_at")]
     #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub paid_at: NaiveDateTime,
 }
 

@@ -5,6 +5,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::OpenApi;
 
 use super::{domain::Amount, service};
 use crate::{
@@ -15,6 +16,14 @@ use crate::{
     idempotency::{self, IdempotencyKey},
 };
 
+/// OpenAPI description of these routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(balance, charge, history),
+    components(schemas(ChargeRequest, service::PointsView, service::HistoryRow))
+)]
+pub struct Api;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/users/{user_id}/points", get(balance))
@@ -22,6 +31,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/users/{user_id}/points/history", get(history))
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/points", tag = "points", security(("bearer" = [])),
+    params(("user_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = service::PointsView),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn balance(
     State(state): State<AppState>,
     caller: Caller,
@@ -32,12 +47,24 @@ async fn balance(
     ))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ChargeRequest {
     /// Kept as raw JSON so that any non-integer answers `INVALID_AMOUNT`, not a type error.
+    #[schema(value_type = i64, minimum = 1)]
     pub amount: Value,
 }
 
+#[utoipa::path(post, path = "/v1/users/{user_id}/points/charge", tag = "points", security(("bearer" = [])),
+    params(("user_id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = ChargeRequest,
+    responses((status = 200, body = service::PointsView),
+        (status = 400, description = "INVALID_AMOUNT or VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "BALANCE_LIMIT_EXCEEDED or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn charge(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,6 +88,13 @@ async fn charge(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/points/history", tag = "points", security(("bearer" = [])),
+    params(("user_id" = i64, Path, minimum = 1), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = crate::http::pagination::CursorPage<service::HistoryRow>),
+        (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn history(
     State(state): State<AppState>,
     caller: Caller,

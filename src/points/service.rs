@@ -13,21 +13,23 @@ use crate::{
     idempotency::Recorder,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PointsView {
     pub user_id: i64,
     pub balance: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryRow {
     pub id: i64,
+    #[schema(example = "CHARGE")]
     pub kind: String,
     pub amount: i64,
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<i64>,
     #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
 }
 

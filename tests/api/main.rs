@@ -7,6 +7,7 @@ mod catalog;
 mod concurrency;
 mod helpers;
 mod idempotency;
+mod openapi;
 mod ops;
 mod orders;
 mod payments;
