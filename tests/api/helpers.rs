@@ -272,6 +272,17 @@ impl TestApp {
             .await
     }
 
+    /// The order's status as its owner reads it through the API.
+    pub async fn order_status(&self, token: &str, order_id: i64) -> String {
+        let r = self
+            .get(&format!("/v1/orders/{order_id}"), Some(token))
+            .await;
+        r.assert_status(200)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub async fn balance(&self, user_id: i64) -> i64 {
         sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
             .bind(user_id)

@@ -50,8 +50,7 @@ async fn y1_to_y4_paying_deducts_points_and_stock_adds_sold_and_records_everythi
         (Some(7), Some(3))
     );
     // Y4: order PAID, payment readable, event recorded, ranking counts it
-    let o = app.get(&format!("/v1/orders/{order}"), Some(&token)).await;
-    assert_eq!(o.body["status"], "PAID");
+    assert_eq!(app.order_status(&token, order).await, "PAID");
     let id = body["payment_id"].as_i64().unwrap();
     let p = app.get(&format!("/v1/payments/{id}"), Some(&token)).await;
     assert_eq!(p.assert_status(200), &body);
@@ -75,12 +74,7 @@ async fn y5_insufficient_points_fail_and_change_nothing() {
         .assert_problem(409, "INSUFFICIENT_POINTS");
     assert_eq!(app.balance(user).await, 1000);
     assert_eq!(app.product_row(product).await, (8, 10, 2, 0));
-    assert_eq!(
-        app.get(&format!("/v1/orders/{order}"), Some(&token))
-            .await
-            .body["status"],
-        "PENDING"
-    );
+    assert_eq!(app.order_status(&token, order).await, "PENDING");
     assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 0);
     assert_eq!(app.count("SELECT COUNT(*) FROM outbox").await, 0);
     // Topping up makes the same order payable.
@@ -105,12 +99,7 @@ async fn y6_no_stock_at_payment_time_fails_and_changes_nothing() {
         .assert_problem(409, "OUT_OF_STOCK");
     assert_eq!(app.balance(user).await, 10_000);
     assert_eq!(app.product_row(product).await, (0, 0, 0, 0));
-    assert_eq!(
-        app.get(&format!("/v1/orders/{order}"), Some(&token))
-            .await
-            .body["status"],
-        "PENDING"
-    );
+    assert_eq!(app.order_status(&token, order).await, "PENDING");
     assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 0);
     assert_eq!(
         app.count("SELECT COUNT(*) FROM point_history WHERE kind = 'USE'")
