@@ -135,3 +135,28 @@ async fn malformed_keys_are_400() {
     }
     assert_eq!(app.balance(user).await, 0);
 }
+
+#[tokio::test]
+async fn a_key_held_by_a_request_in_flight_is_409_in_progress_and_nothing_runs() {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    // Another request holds the claim for this very request (same scope, key and hash)
+    // and is still inside its lease.
+    let hash = hex::encode(Sha256::digest(serde_json::to_vec(&(user, 5)).unwrap()));
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, status, locked_until, created_at) \
+         VALUES (?, 'busy', ?, 'IN_PROGRESS', UTC_TIMESTAMP(6) + INTERVAL 1 MINUTE, UTC_TIMESTAMP(6))",
+    )
+    .bind(format!("user:{user}|charge"))
+    .bind(hash)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let path = format!("/v1/users/{user}/points/charge");
+    let r = app
+        .post_with_key(&path, Some(&token), json!({"amount": 5}), Some("busy"))
+        .await;
+    r.assert_problem(409, "IDEMPOTENCY_IN_PROGRESS");
+    assert_eq!(app.balance(user).await, 0);
+}
