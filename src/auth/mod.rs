@@ -7,5 +7,5 @@
 mod extract;
 mod tokens;
 
-pub use extract::{Admin, Caller};
+pub use extract::{bearer, Admin, Caller};
 pub use tokens::{MintedToken, TokenService};

@@ -10,7 +10,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{header::AUTHORIZATION, Method},
+    http::Method,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -19,7 +19,7 @@ use governor::{
     DefaultKeyedRateLimiter, Quota,
 };
 
-use crate::{app::AppState, config::RateLimitConfig, error::AppError};
+use crate::{app::AppState, auth::bearer, config::RateLimitConfig, error::AppError};
 
 /// Routes that are never limited: probes and scraping must work under any load.
 const EXEMPT: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -107,15 +107,7 @@ fn admit(state: &AppState, req: &Request) -> Result<(), AppError> {
     }
     let is_write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if is_write && limits.per_user_write.is_some() && !path.starts_with("/v1/admin") {
-        let user = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .and_then(|token| state.tokens.verify(token.trim()).ok());
+        let user = bearer(req.headers()).and_then(|token| state.tokens.verify(token).ok());
         if let Some(user) = user {
             limits.check(&limits.per_user_write, &user, "user_write")?;
         }
