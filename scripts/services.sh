@@ -49,4 +49,8 @@ GRANT ALL PRIVILEGES ON \`commerce%\`.* TO '$DB_USER'@'127.0.0.1';
 FLUSH PRIVILEGES;
 SQL
 fi
+# Parallel tests (and a second instance, and load tests) each hold a pool; the default
+# of 151 connections is too few.
+as_root "$client" -uroot -e 'SET GLOBAL max_connections = GREATEST(@@global.max_connections, 1000)' 2>/dev/null ||
+  log "could not raise max_connections (not root on this server); keep DB_MAX_CONNECTIONS small"
 log "MariaDB on 127.0.0.1:3306 (user $DB_USER) and Redis on 127.0.0.1:6379 are up"

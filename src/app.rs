@@ -14,16 +14,20 @@ use tower_http::{
 use crate::{
     admin,
     auth::TokenService,
-    catalog,
+    catalog::{self, cache::CatalogCache, ranking::Ranking, service::Catalog},
     config::Config,
     http::{extract::MAX_BODY_BYTES, middleware as mw, rate_limit},
     ops, orders, payments, points,
+    redis_store::RedisStore,
+    stock::StockGate,
 };
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: MySqlPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: RedisStore,
+    pub stock: StockGate,
+    pub catalog: Catalog,
     pub config: Arc<Config>,
     pub tokens: Arc<TokenService>,
     pub rate_limits: Arc<rate_limit::RateLimits>,
@@ -37,14 +41,26 @@ impl AppState {
         db: MySqlPool,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
-        let redis = deadpool_redis::Config::from_url(config.redis_url.clone())
-            .builder()?
-            .max_size(32)
-            .wait_timeout(Some(std::time::Duration::from_millis(500)))
-            .create_timeout(Some(std::time::Duration::from_millis(500)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()?;
+        let redis = RedisStore::new(
+            &config.redis_url,
+            &config.redis_prefix,
+            config.redis_timeout,
+        )?;
+        let stock = StockGate::new(
+            redis.clone(),
+            db.clone(),
+            config.stock_gate,
+            config.reservation_hold,
+        );
+        let catalog = Catalog {
+            db: db.clone(),
+            cache: CatalogCache::new(redis.clone()),
+            stock: stock.clone(),
+            ranking: Ranking::new(redis.clone(), db.clone(), config.stock_gate),
+        };
         Ok(Self {
+            stock,
+            catalog,
             tokens: Arc::new(TokenService::new(&config.auth)),
             rate_limits: Arc::new(rate_limit::RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
@@ -87,10 +103,18 @@ pub fn build_app(state: AppState) -> Router {
 /// How often idle rate-limit keys are forgotten.
 const EVICT_EVERY: Duration = Duration::from_secs(60);
 
-/// Starts the background work of one instance: the order expiry sweeper and the eviction
-/// of idle rate-limit keys. They run until the runtime stops.
+/// Starts the background work of one instance: the order expiry sweeper, the cache
+/// invalidation listener, the Redis reconciler and the eviction of idle rate-limit keys.
+/// They run until the runtime stops.
 pub fn spawn_background(state: &AppState) {
-    crate::orders::expiry::spawn(state.db.clone(), state.config.sweep_interval);
+    crate::orders::expiry::spawn(
+        state.db.clone(),
+        state.stock.clone(),
+        state.config.sweep_interval,
+    );
+    state.catalog.cache.spawn_listener();
+    state.redis.spawn_probe();
+    spawn_reconciler(state);
     let limits = state.rate_limits.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(EVICT_EVERY);
@@ -98,6 +122,28 @@ pub fn spawn_background(state: &AppState) {
             ticker.tick().await;
             limits.evict_idle();
             metrics::gauge!("rate_limit_tracked_keys").set(limits.tracked_keys() as f64);
+        }
+    });
+}
+
+/// Checks Redis against MySQL at start-up, every `RECONCILE_INTERVAL_MS`, and as soon as
+/// Redis answers again after an outage (orders taken by MySQL alone meanwhile).
+fn spawn_reconciler(state: &AppState) {
+    let (stock, ranking) = (state.stock.clone(), state.catalog.ranking.clone());
+    let recovered = state.redis.recovered();
+    let every = state.config.reconcile_interval;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = recovered.notified() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = stock.reconcile().await {
+                tracing::debug!(error = %e, "stock reconciliation did not finish");
+            }
+            if let Err(e) = ranking.reconcile().await {
+                tracing::debug!(error = %e, "ranking reconciliation did not finish");
+            }
         }
     });
 }

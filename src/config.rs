@@ -48,6 +48,15 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Namespace of every Redis key.
     pub redis_prefix: String,
+    /// Bound on every Redis call; past it the call counts as an outage.
+    pub redis_timeout: Duration,
+    /// `STOCK_GATE=redis` (default): orders are reserved in Redis first; `mysql`: MySQL
+    /// row locks alone decide, and Redis serves only the caches.
+    pub stock_gate: bool,
+    /// How long a placement may take between its Redis reservation and its order's commit.
+    pub reservation_hold: Duration,
+    /// How often Redis's stock and ranking are checked against MySQL.
+    pub reconcile_interval: Duration,
     pub db_max_connections: u32,
     pub rate_limits: RateLimitConfig,
     pub log_format: LogFormat,
@@ -78,6 +87,14 @@ impl Config {
                 .transpose()
                 .map(|v| v.unwrap_or(default))
         };
+        let millis = |key: &str, default: u32| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(u64::from(number(key, default)?)))
+        };
+        let stock_gate = match get("STOCK_GATE").as_deref() {
+            None | Some("redis") => true,
+            Some("mysql") => false,
+            Some(other) => bail!("STOCK_GATE must be redis or mysql, not {other}"),
+        };
         let disabled = matches!(get("AUTH_DISABLED").as_deref(), Some("true" | "1"));
         let jwt_secret = get("AUTH_JWT_SECRET");
         if jwt_secret.is_none() && !disabled {
@@ -106,6 +123,10 @@ impl Config {
             order_ttl: secs("ORDER_TTL_SECS", 600)?,
             sweep_interval: Duration::from_millis(u64::from(number("SWEEP_INTERVAL_MS", 250)?)),
             redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into()),
+            redis_timeout: millis("REDIS_TIMEOUT_MS", 250)?,
+            stock_gate,
+            reservation_hold: millis("RESERVATION_HOLD_MS", 10_000)?,
+            reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000)?,
             db_max_connections: number("DB_MAX_CONNECTIONS", 32)?,
             rate_limits: RateLimitConfig {
                 per_ip_per_sec: number("RATE_LIMIT_PER_SEC", 1000)?,

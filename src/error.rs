@@ -60,6 +60,22 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+impl AppError {
+    /// A copy for each request that waited on one shared load: the variants that carry
+    /// only data are copied, any other becomes an internal error with the same message.
+    pub fn duplicate(&self) -> AppError {
+        match self {
+            Self::ProductNotFound => Self::ProductNotFound,
+            Self::Validation(m) => Self::Validation(m.clone()),
+            Self::DependencyUnavailable(m) => Self::DependencyUnavailable(m.clone()),
+            Self::Database(e) if is_unavailable(e) => {
+                Self::DependencyUnavailable("the database".into())
+            }
+            other => Self::Internal(anyhow::anyhow!("{other}")),
+        }
+    }
+}
+
 /// An RFC 9457 problem document; `code` is the stable identifier of SPEC §4.
 #[derive(Debug, Serialize, Deserialize, Clone, utoipa::ToSchema)]
 pub struct Problem {
@@ -126,6 +142,8 @@ impl AppError {
 
 /// Connection-level failures: the database is away, not the request at fault.
 fn is_unavailable(e: &sqlx::Error) -> bool {
+    /// ER_CON_COUNT_ERROR: the server has no connection left for us.
+    const TOO_MANY_CONNECTIONS: u16 = 1040;
     matches!(
         e,
         sqlx::Error::Io(_)
@@ -133,7 +151,7 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
-    )
+    ) || crate::db::mysql_error_number(e) == Some(TOO_MANY_CONNECTIONS)
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";

@@ -16,7 +16,9 @@ pub mod ops;
 pub mod orders;
 pub mod payments;
 pub mod points;
+pub mod redis_store;
 pub mod seed;
+pub mod stock;
 pub mod telemetry;
 
 pub use app::{build_app, AppState};

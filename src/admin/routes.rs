@@ -84,7 +84,7 @@ async fn create_product(
     let stock = domain::stock(body.stock)?;
     Ok((
         StatusCode::CREATED,
-        Json(service::create_product(&state.db, name, price, stock).await?),
+        Json(service::create_product(&state.catalog, name, price, stock).await?),
     ))
 }
 
@@ -118,6 +118,6 @@ async fn update_product(
         stock: body.stock.map(domain::stock).transpose()?,
     };
     Ok(Json(
-        service::update_product(&state.db, id.get(), change).await?,
+        service::update_product(&state.catalog, id.get(), change).await?,
     ))
 }

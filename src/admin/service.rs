@@ -4,7 +4,10 @@ use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::{
-    catalog::service::{detail, ProductDetail},
+    catalog::{
+        cache::Changed,
+        service::{detail, Catalog, ProductDetail},
+    },
     db,
     error::AppError,
 };
@@ -31,7 +34,7 @@ pub async fn create_user(pool: &MySqlPool, name: String) -> Result<UserView, App
 }
 
 pub async fn create_product(
-    pool: &MySqlPool,
+    catalog: &Catalog,
     name: String,
     price: i64,
     stock: i64,
@@ -45,9 +48,10 @@ pub async fn create_product(
     .bind(stock)
     .bind(now)
     .bind(now)
-    .execute(pool)
+    .execute(&catalog.db)
     .await?
     .last_insert_id();
+    catalog.cache.invalidate(Changed::Pages).await;
     Ok(ProductDetail {
         id: i64::try_from(id).map_err(anyhow::Error::from)?,
         name,
@@ -65,13 +69,26 @@ pub struct ProductChange {
     pub stock: Option<i64>,
 }
 
+/// Commits the change, then brings Redis's available stock to the new figure (under the
+/// product's row lock, see [`crate::stock::StockGate::sync`]) and invalidates every cache
+/// that holds the product, in this instance and the others.
 pub async fn update_product(
-    pool: &MySqlPool,
+    catalog: &Catalog,
     id: i64,
     change: ProductChange,
 ) -> Result<ProductDetail, AppError> {
-    db::transact(pool, None, |tx| Box::pin(update_in(tx, id, change.clone()))).await?;
-    detail(pool, id).await
+    let stock_changed = change.stock.is_some();
+    db::transact(&catalog.db, None, |tx| {
+        Box::pin(update_in(tx, id, change.clone()))
+    })
+    .await?;
+    if stock_changed && catalog.stock.enabled() {
+        if let Err(e) = catalog.stock.sync(&[id]).await {
+            tracing::warn!(product_id = id, error = %e, "stock not synced to Redis; the reconciler will");
+        }
+    }
+    catalog.cache.invalidate(Changed::Product(id)).await;
+    detail(catalog, id).await
 }
 
 async fn update_in(

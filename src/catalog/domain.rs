@@ -64,6 +64,14 @@ pub fn stock(value: i64) -> Result<i64, AppError> {
     Ok(value)
 }
 
+/// The best `TOP_N` of `(product_id, sold)` totals: most sold first, ties by lower id.
+pub fn rank(mut totals: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    totals.retain(|(_, sold)| *sold > 0);
+    totals.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    totals.truncate(TOP_N as usize);
+    totals
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +105,21 @@ mod tests {
         assert_eq!(name(" mug ").unwrap(), "mug");
         assert!(price(-1).is_err());
         assert!(stock(MAX_STOCK + 1).is_err());
+    }
+
+    #[test]
+    fn ranking_breaks_ties_by_lower_id_and_keeps_ten() {
+        let totals: Vec<(i64, i64)> = (1..=15)
+            .rev()
+            .map(|id| (id, 5))
+            .chain([(99, 7), (50, 0)])
+            .collect();
+        let top = rank(totals);
+        assert_eq!(top.len(), 10);
+        assert_eq!(top[0], (99, 7));
+        assert_eq!(
+            top[1..].iter().map(|t| t.0).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>()
+        );
     }
 }

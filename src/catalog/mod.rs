@@ -1,6 +1,8 @@
 //! Catalog: product listing, details and the best sellers (SPEC C1, C2).
 
+pub mod cache;
 pub mod domain;
+pub mod ranking;
 pub mod routes;
 pub mod service;
 

@@ -43,9 +43,9 @@ struct ListParams {
 async fn list(
     State(state): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
-) -> Result<Json<service::ProductPage>, AppError> {
+) -> Result<Json<std::sync::Arc<service::ProductPage>>, AppError> {
     let page = domain::page(params.page)?;
-    Ok(Json(service::list(&state.db, page).await?))
+    Ok(Json(service::list(&state.catalog, page).await?))
 }
 
 #[utoipa::path(get, path = "/v1/products/{product_id}", tag = "catalog",
@@ -56,7 +56,7 @@ async fn detail(
     State(state): State<AppState>,
     AppPath(id): AppPath<Id>,
 ) -> Result<Json<service::ProductDetail>, AppError> {
-    Ok(Json(service::detail(&state.db, id.get()).await?))
+    Ok(Json(service::detail(&state.catalog, id.get()).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +70,7 @@ struct TopParams {
 async fn top(
     State(state): State<AppState>,
     AppQuery(params): AppQuery<TopParams>,
-) -> Result<Json<service::TopSellers>, AppError> {
+) -> Result<Json<std::sync::Arc<service::TopSellers>>, AppError> {
     let days = domain::top_days(params.days)?;
-    Ok(Json(service::top(&state.db, days).await?))
+    Ok(Json(service::top(&state.catalog, days).await?))
 }

@@ -1,14 +1,30 @@
 //! Catalog use cases. `stock` in every answer is what can still be ordered:
 //! unsold units minus those reserved by PENDING orders.
 
+use std::sync::Arc;
+
 use chrono::{Duration, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use super::domain::{total_pages, PAGE_SIZE, TOP_N};
-use crate::error::AppError;
+use super::{
+    cache::CatalogCache,
+    domain::{rank, total_pages, PAGE_SIZE, TOP_N},
+    ranking::Ranking,
+};
+use crate::{error::AppError, stock::StockGate};
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+/// What the catalog reads from: MySQL behind the caches, the stock gate's live counters,
+/// and the ranking's sorted sets.
+#[derive(Clone)]
+pub struct Catalog {
+    pub db: MySqlPool,
+    pub cache: CatalogCache,
+    pub stock: StockGate,
+    pub ranking: Ranking,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProductSummary {
     pub id: i64,
     pub name: String,
@@ -16,7 +32,7 @@ pub struct ProductSummary {
     pub stock: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProductDetail {
     pub id: i64,
     pub name: String,
@@ -25,7 +41,7 @@ pub struct ProductDetail {
     pub sold: i64,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductPage {
     pub page: i64,
     pub page_size: i64,
@@ -34,7 +50,7 @@ pub struct ProductPage {
     pub items: Vec<ProductSummary>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TopItem {
     pub rank: i64,
     pub product_id: i64,
@@ -43,13 +59,19 @@ pub struct TopItem {
     pub sold: i64,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopSellers {
     pub days: i64,
     pub items: Vec<TopItem>,
 }
 
-pub async fn list(pool: &MySqlPool, page: i64) -> Result<ProductPage, AppError> {
+/// A listing page (cached; each product's `stock` as of the page's load, at most a few
+/// seconds old).
+pub async fn list(catalog: &Catalog, page: i64) -> Result<Arc<ProductPage>, AppError> {
+    catalog.cache.page(page, load_page(&catalog.db, page)).await
+}
+
+async fn load_page(pool: &MySqlPool, page: i64) -> Result<ProductPage, AppError> {
     let total_items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
         .fetch_one(pool)
         .await?;
@@ -74,7 +96,26 @@ pub async fn list(pool: &MySqlPool, page: i64) -> Result<ProductPage, AppError> 
     })
 }
 
-pub async fn detail(pool: &MySqlPool, id: i64) -> Result<ProductDetail, AppError> {
+/// A product with live `stock` and `sold`: the cached row supplies name and price, the
+/// stock gate's counters (or MySQL, when Redis cannot answer) the figures.
+pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppError> {
+    let cached = catalog
+        .cache
+        .product(id, load_detail(&catalog.db, id))
+        .await?;
+    let (stock, sold) = match catalog.stock.live(id).await {
+        Some(live) => live,
+        None => live_from_mysql(&catalog.db, id).await?,
+    };
+    Ok(ProductDetail {
+        stock,
+        sold,
+        ..(*cached).clone()
+    })
+}
+
+/// A product as MySQL has it now.
+pub async fn load_detail(pool: &MySqlPool, id: i64) -> Result<ProductDetail, AppError> {
     sqlx::query_as(
         "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
     )
@@ -84,34 +125,56 @@ pub async fn detail(pool: &MySqlPool, id: i64) -> Result<ProductDetail, AppError
     .ok_or(AppError::ProductNotFound)
 }
 
+async fn live_from_mysql(pool: &MySqlPool, id: i64) -> Result<(i64, i64), AppError> {
+    let detail = load_detail(pool, id).await?;
+    Ok((detail.stock, detail.sold))
+}
+
 /// First UTC day of a ranking window of `days` days ending today.
 pub fn window_start(days: i64) -> NaiveDate {
     Utc::now().date_naive() - Duration::days(days - 1)
 }
 
-/// Top `TOP_N` by units sold in PAID orders over the window, ties by lower product id.
-pub async fn top(pool: &MySqlPool, days: i64) -> Result<TopSellers, AppError> {
-    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-        "SELECT s.product_id, p.name, p.price, CAST(s.sold AS SIGNED) AS sold \
-         FROM (SELECT product_id, SUM(quantity) AS sold FROM daily_sales WHERE day >= ? \
-               GROUP BY product_id ORDER BY sold DESC, product_id ASC LIMIT ?) s \
-         JOIN products p ON p.id = s.product_id \
-         ORDER BY s.sold DESC, s.product_id ASC",
+/// Top `TOP_N` by units sold in PAID orders over the window, ties by lower product id:
+/// from the ranking's sorted sets, or from MySQL when Redis cannot answer; held in L1 for
+/// a couple of seconds.
+pub async fn top(catalog: &Catalog, days: i64) -> Result<Arc<TopSellers>, AppError> {
+    catalog.cache.top(days, load_top(catalog, days)).await
+}
+
+async fn load_top(catalog: &Catalog, days: i64) -> Result<TopSellers, AppError> {
+    let totals = match catalog.ranking.top(days).await {
+        Ok(totals) => totals,
+        Err(e) => {
+            tracing::debug!(error = %e, "ranking from MySQL");
+            top_from_mysql(&catalog.db, days).await?
+        }
+    };
+    let mut items = Vec::with_capacity(totals.len());
+    for (product_id, sold) in totals {
+        let product = catalog
+            .cache
+            .product(product_id, load_detail(&catalog.db, product_id))
+            .await?;
+        items.push(TopItem {
+            rank: items.len() as i64 + 1,
+            product_id,
+            name: product.name.clone(),
+            price: product.price,
+            sold,
+        });
+    }
+    Ok(TopSellers { days, items })
+}
+
+async fn top_from_mysql(pool: &MySqlPool, days: i64) -> Result<Vec<(i64, i64)>, AppError> {
+    let totals: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT product_id, CAST(SUM(quantity) AS SIGNED) AS sold FROM daily_sales WHERE day >= ? \
+         GROUP BY product_id ORDER BY sold DESC, product_id ASC LIMIT ?",
     )
     .bind(window_start(days))
     .bind(TOP_N)
     .fetch_all(pool)
     .await?;
-    let items = rows
-        .into_iter()
-        .zip(1..)
-        .map(|((product_id, name, price, sold), rank)| TopItem {
-            rank,
-            product_id,
-            name,
-            price,
-            sold,
-        })
-        .collect();
-    Ok(TopSellers { days, items })
+    Ok(rank(totals))
 }

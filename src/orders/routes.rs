@@ -76,14 +76,14 @@ async fn place(
         return Err(AppError::Validation("price must not be negative".into()));
     }
     let ttl = state.config.order_ttl;
-    let db = &state.db;
+    let (db, stock) = (&state.db, &state.stock);
     idempotency::run(
         db,
         key,
         caller.scope("order"),
         &body,
         StatusCode::CREATED,
-        |recorder| async move { service::place(db, caller, order, ttl, recorder.as_ref()).await },
+        |recorder| async move { service::place(db, stock, caller, order, ttl, recorder.as_ref()).await },
     )
     .await
 }
@@ -113,7 +113,7 @@ async fn cancel(
     AppPath(order_id): AppPath<Id>,
 ) -> Result<Json<OrderView>, AppError> {
     Ok(Json(
-        service::cancel(&state.db, caller, order_id.get()).await?,
+        service::cancel(&state.db, &state.stock, caller, order_id.get()).await?,
     ))
 }
 

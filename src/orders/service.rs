@@ -3,6 +3,10 @@
 //! Lock order, shared with payments and the expiry sweeper so that no two transactions
 //! wait on each other in a circle: **order → user → product**. Placing an order has no
 //! order row yet; it takes user (shared) then product.
+//!
+//! The stock gate (Redis) answers first: a refusal there ends the request without MySQL.
+//! What it reserves is settled once the order commits, or given back if MySQL refuses;
+//! a cancel or an expiry gives it back after its own commit (see [`crate::stock`]).
 
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ use crate::{
     error::AppError,
     http::pagination::{CursorPage, CursorQuery},
     idempotency::Recorder,
+    stock::{Finish, Gate, Hold, StockGate},
 };
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -36,10 +41,19 @@ pub struct OrderView {
     #[serde(serialize_with = "crate::http::utc")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: NaiveDateTime,
+    /// The stock gate's reservation token (internal).
+    #[serde(skip)]
+    pub hold: String,
+}
+
+impl OrderView {
+    pub fn hold(&self) -> Hold {
+        Hold::stored(self.hold.clone())
+    }
 }
 
 const ORDER_COLUMNS: &str =
-    "id, user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at";
+    "id, user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, hold";
 
 /// What a buyer asks for: the unit price they saw and how many.
 #[derive(Debug, Clone, Copy)]
@@ -50,9 +64,10 @@ pub struct NewOrder {
     pub price: i64,
 }
 
-#[tracing::instrument(skip(pool, recorder))]
+#[tracing::instrument(skip(pool, stock, recorder))]
 pub async fn place(
     pool: &MySqlPool,
+    stock: &StockGate,
     caller: Caller,
     order: NewOrder,
     ttl: Duration,
@@ -60,13 +75,39 @@ pub async fn place(
 ) -> Result<OrderView, AppError> {
     let ttl = chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?;
     caller.act_for(order.user_id)?;
-    db::transact(pool, recorder, |tx| Box::pin(place_in(tx, order, ttl))).await
+    let quantity = order.quantity.get();
+    let hold = Hold::new();
+    if let Gate::Refused { available } = stock.reserve(order.product_id, quantity, &hold).await {
+        return Err(AppError::OutOfStock {
+            available,
+            requested: quantity,
+        });
+    }
+    // The order must commit within the reservation's deadline, after which the reconciler
+    // would give the units back.
+    let token = hold.as_str();
+    let write = db::transact(pool, recorder, |tx| {
+        Box::pin(place_in(tx, order, ttl, token.to_string()))
+    });
+    let placed = tokio::time::timeout(stock.hold_window(), write)
+        .await
+        .unwrap_or_else(|_| Err(AppError::DependencyUnavailable("mysql".into())));
+    match &placed {
+        Ok(_) => stock.settle(order.product_id, &hold, quantity).await,
+        Err(_) => {
+            stock
+                .finish(order.product_id, &hold, Finish::Abandoned)
+                .await
+        }
+    }
+    placed
 }
 
 async fn place_in(
     tx: &mut MySqlConnection,
     order: NewOrder,
     ttl: chrono::Duration,
+    hold: String,
 ) -> Result<OrderView, AppError> {
     // 1. user, shared: it must exist and stay while the order row points at it.
     let user: Option<i64> =
@@ -101,7 +142,7 @@ async fn place_in(
     let expires_at = now + ttl;
     let id = sqlx::query(
         "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, created_at, \
-         expires_at, updated_at) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",
+         expires_at, updated_at, hold) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?, ?)",
     )
     .bind(order.user_id)
     .bind(order.product_id)
@@ -111,6 +152,7 @@ async fn place_in(
     .bind(now)
     .bind(expires_at)
     .bind(now)
+    .bind(&hold)
     .execute(&mut *tx)
     .await?
     .last_insert_id();
@@ -124,6 +166,7 @@ async fn place_in(
         status: OrderStatus::Pending.as_str().into(),
         created_at: now,
         expires_at,
+        hold,
     })
 }
 
@@ -159,13 +202,18 @@ pub async fn list_for_user(
     Ok(CursorPage::from_rows(rows, page, |o| o.order_id))
 }
 
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, stock))]
 pub async fn cancel(
     pool: &MySqlPool,
+    stock: &StockGate,
     caller: Caller,
     order_id: i64,
 ) -> Result<OrderView, AppError> {
-    db::transact(pool, None, |tx| Box::pin(cancel_in(tx, caller, order_id))).await
+    let order = db::transact(pool, None, |tx| Box::pin(cancel_in(tx, caller, order_id))).await?;
+    stock
+        .finish(order.product_id, &order.hold(), Finish::Cancelled)
+        .await;
+    Ok(order)
 }
 
 async fn cancel_in(

@@ -49,14 +49,16 @@ async fn pay(
     AppJson(body): AppJson<PayRequest>,
 ) -> Result<Response, AppError> {
     let order_id = body.order_id.get();
-    let db = &state.db;
+    let (db, stock, ranking) = (&state.db, &state.stock, &state.catalog.ranking);
     idempotency::run(
         db,
         key,
         caller.scope("pay"),
         &body,
         StatusCode::CREATED,
-        |recorder| async move { service::pay(db, caller, order_id, recorder.as_ref()).await },
+        |recorder| async move {
+            service::pay(db, stock, ranking, caller, order_id, recorder.as_ref()).await
+        },
     )
     .await
 }

@@ -11,6 +11,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::{
     auth::Caller,
+    catalog::ranking::Ranking,
     db,
     error::AppError,
     events::{self, OrderPaid},
@@ -20,6 +21,7 @@ use crate::{
         domain::{Balance, PointKind},
         service as points,
     },
+    stock::{Finish, Hold, StockGate},
 };
 
 pub const COMPLETED: &str = "COMPLETED";
@@ -37,11 +39,26 @@ pub struct PaymentView {
     #[serde(serialize_with = "crate::http::utc")]
     #[schema(value_type = String, format = DateTime)]
     pub paid_at: NaiveDateTime,
+    /// What the stock gate and the ranking learn once the payment committed (internal).
+    #[serde(skip)]
+    #[sqlx(skip)]
+    pub sale: Option<Sale>,
 }
 
-#[tracing::instrument(skip(pool, recorder))]
+#[derive(Debug, Clone, Default)]
+pub struct Sale {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub hold: String,
+}
+
+/// After the commit the reserved units become sold in the stock gate and the sale enters
+/// today's ranking; both are best effort, repaired from MySQL by the reconciler.
+#[tracing::instrument(skip(pool, stock, ranking, recorder))]
 pub async fn pay(
     pool: &MySqlPool,
+    stock: &StockGate,
+    ranking: &Ranking,
     caller: Caller,
     order_id: i64,
     recorder: Option<&Recorder>,
@@ -52,6 +69,18 @@ pub async fn pay(
         Err(e) => e.status_and_code().1,
     };
     metrics::counter!("payments_total", "outcome" => outcome).increment(1);
+    if let Ok(PaymentView {
+        sale: Some(sale),
+        paid_at,
+        ..
+    }) = &result
+    {
+        let hold = Hold::stored(sale.hold.clone());
+        stock.finish(sale.product_id, &hold, Finish::Paid).await;
+        ranking
+            .record(paid_at.date(), sale.product_id, sale.quantity)
+            .await;
+    }
     result
 }
 
@@ -158,6 +187,11 @@ async fn pay_in(
         status: COMPLETED.into(),
         balance_after: after.get(),
         paid_at: now,
+        sale: Some(Sale {
+            product_id: order.product_id,
+            quantity: q,
+            hold: order.hold,
+        }),
     })
 }
 

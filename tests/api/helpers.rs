@@ -28,6 +28,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: MySqlPool,
     pub tokens: TokenService,
+    pub config: Config,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -72,6 +73,12 @@ pub fn test_config() -> Config {
         order_ttl: Duration::from_secs(600),
         sweep_interval: Duration::from_millis(100),
         redis_prefix: format!("{name}:"),
+        redis_timeout: Duration::from_millis(250),
+        stock_gate: true,
+        reservation_hold: Duration::from_secs(10),
+        // Only at start-up unless a test asks: a reconciler repairing Redis behind a test's
+        // back would hide the drift the test looks for.
+        reconcile_interval: Duration::from_secs(3600),
         db_max_connections: 20,
         // Off by default so the concurrency tests measure the service, not the limiter.
         rate_limits: RateLimitConfig {
@@ -92,17 +99,36 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config();
     tweak(&mut config);
+    start(config).await
+}
+
+/// A second instance on the same MySQL database and Redis prefix as `other`.
+pub async fn spawn_sharing(other: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = other.config.clone();
+    tweak(&mut config);
+    start(config).await
+}
+
+async fn start(config: Config) -> TestApp {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let pool = db::connect(&config.database_url, config.db_max_connections)
         .await
         .expect("test database");
     let tokens = TokenService::new(&config.auth);
-    let state = AppState::new(config, pool.clone(), Some(metrics_handle())).expect("state");
+    let state = AppState::new(config.clone(), pool.clone(), Some(metrics_handle())).expect("state");
     spawn_background(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(listener, build_app(state), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        build_app(state.clone()),
+        std::future::pending(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()
@@ -111,6 +137,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
             .expect("client"),
         db: pool,
         tokens,
+        config,
     }
 }
 
@@ -318,5 +345,96 @@ impl TestApp {
         .await
         .expect("history sum");
         assert_eq!(self.balance(user_id).await, from_history, "user {user_id}");
+    }
+
+    /// `n` users with `balance` points each (written straight to MySQL, with the CHARGE
+    /// history rows that prove the balance) and their tokens.
+    pub async fn bulk_buyers(&self, n: usize, balance: i64) -> Vec<(i64, String)> {
+        let tag = format!("bulk-{}", unique_name());
+        let now = chrono::Utc::now().naive_utc();
+        let mut users = sqlx::QueryBuilder::new("INSERT INTO users (name, balance, created_at) ");
+        users.push_values(0..n, |mut row, _| {
+            row.push_bind(&tag).push_bind(balance).push_bind(now);
+        });
+        users.build().execute(&self.db).await.expect("users");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM users WHERE name = ? ORDER BY id")
+            .bind(&tag)
+            .fetch_all(&self.db)
+            .await
+            .expect("ids");
+        let mut history = sqlx::QueryBuilder::new(
+            "INSERT INTO point_history (user_id, kind, amount, balance_after, created_at) ",
+        );
+        history.push_values(&ids, |mut row, id| {
+            row.push_bind(id)
+                .push_bind("CHARGE")
+                .push_bind(balance)
+                .push_bind(balance)
+                .push_bind(now);
+        });
+        history.build().execute(&self.db).await.expect("history");
+        ids.into_iter().map(|id| (id, self.token(id))).collect()
+    }
+
+    pub fn redis(&self) -> redis::Client {
+        redis::Client::open(self.config.redis_url.as_str()).expect("redis client")
+    }
+
+    /// The stock gate's hash of a product: (avail, sold, PENDING reservations held, in-flight).
+    pub async fn redis_stock(&self, product: i64) -> (Option<i64>, Option<i64>, usize, usize) {
+        let mut conn = self
+            .redis()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let key = format!("{}{{p{product}}}", self.config.redis_prefix);
+        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("hgetall");
+        let number = |f: &str| all.get(f).and_then(|v| v.parse().ok());
+        let held = all.keys().filter(|k| k.starts_with("h:")).count();
+        let inflight = all.keys().filter(|k| k.starts_with("r:")).count();
+        (number("avail"), number("sold"), held, inflight)
+    }
+
+    /// Where Redis's view of a product differs from MySQL's, if it does: available stock,
+    /// sold, and one held reservation per PENDING order (whose quantities MySQL's
+    /// `reserved` sums), none in flight.
+    pub async fn redis_disagreement(&self, product: i64) -> Option<String> {
+        let (available, _, reserved, sold) = self.product_row(product).await;
+        let (count, sum): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM orders \
+             WHERE product_id = ? AND status = 'PENDING'",
+        )
+        .bind(product)
+        .fetch_one(&self.db)
+        .await
+        .expect("pending");
+        let redis = self.redis_stock(product).await;
+        let mysql = (Some(available), Some(sold), count as usize, 0);
+        (sum != reserved || redis != mysql).then(|| {
+            format!("MySQL (avail, sold, pending, in-flight) = {mysql:?}, reserved {reserved} vs Σ pending {sum}; Redis = {redis:?}")
+        })
+    }
+
+    pub async fn assert_redis_matches_mysql(&self, product: i64) {
+        if let Some(diff) = self.redis_disagreement(product).await {
+            panic!("{diff}");
+        }
+    }
+
+    /// Waits up to `within` for Redis to agree with MySQL about `product` (a reconciler
+    /// at work), then asserts it.
+    pub async fn eventually_redis_matches_mysql(&self, product: i64, within: Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if self.redis_disagreement(product).await.is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.assert_redis_matches_mysql(product).await;
     }
 }

@@ -12,3 +12,5 @@ mod ops;
 mod orders;
 mod payments;
 mod points;
+mod proxy;
+mod redis_paths;

@@ -45,12 +45,18 @@ async fn a_request_id_is_returned() {
 }
 
 #[tokio::test]
-async fn readiness_names_a_dependency_that_is_down() {
+async fn without_redis_the_service_is_ready_but_degraded() {
     let app = spawn_with(|c| c.redis_url = "redis://127.0.0.1:1".into()).await;
     let r = app.get("/readyz", None).await;
-    r.assert_problem(503, "DEPENDENCY_UNAVAILABLE");
-    assert!(r.body["detail"].as_str().unwrap().contains("redis"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["redis"], "degraded");
+    assert_eq!(r.body["mysql"], "ok");
     assert_eq!(app.get("/healthz", None).await.status, 200);
+    // Everything is served from MySQL meanwhile.
+    let product = app.create_product(100, 3).await;
+    assert_eq!(app.get("/v1/products", None).await.status, 200);
+    let detail = app.get(&format!("/v1/products/{product}"), None).await;
+    assert_eq!(detail.body["stock"], 3);
 }
 
 #[tokio::test]

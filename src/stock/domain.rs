@@ -1,0 +1,141 @@
+//! Stock gate vocabulary, free of I/O: hold tokens, what the reservation script answers,
+//! where a finished reservation's units go.
+
+/// The token that ties a reservation in Redis to its MySQL order (`orders.hold`).
+///
+/// It exists before the order row does: Redis reserves under it first, then the order is
+/// written with it, so the reconciler can tell a reservation whose order committed from one
+/// whose order never did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold(String);
+
+impl Hold {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The token stored with an order.
+    pub fn stored(token: String) -> Self {
+        Self(token)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The gate's answer to a new order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Redis took the units; the order must now be written (or the units given back).
+    Reserved,
+    /// Not enough available: refused without touching MySQL.
+    Refused { available: i64 },
+    /// Redis cannot decide (off, down, or the key is being rebuilt): MySQL decides alone,
+    /// under the product's row lock, exactly as without Redis.
+    Bypass,
+}
+
+/// The reservation script's reply `{status, avail}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReserveReply {
+    Reserved,
+    Refused { available: i64 },
+    Missing,
+}
+
+impl ReserveReply {
+    pub fn parse((status, avail): (i64, i64)) -> Self {
+        match status {
+            1 => Self::Reserved,
+            0 => Self::Refused { available: avail },
+            _ => Self::Missing,
+        }
+    }
+}
+
+/// Why a reservation ends, which decides where its units go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Cancelled by the buyer: back to available.
+    Cancelled,
+    /// Expired by the sweeper: back to available.
+    Expired,
+    /// The order was never written (MySQL refused it): back to available.
+    Abandoned,
+    /// Paid: the units are sold.
+    Paid,
+}
+
+impl Finish {
+    /// The product-hash field the units move to.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Paid => "sold",
+            Self::Cancelled | Self::Expired | Self::Abandoned => "avail",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cancelled => "released",
+            Self::Expired => "expired",
+            Self::Abandoned => "abandoned",
+            Self::Paid => "confirmed",
+        }
+    }
+}
+
+/// The product id of a product-hash key `<prefix>{p<id>}`.
+pub fn product_of_key(prefix: &str, key: &str) -> Option<i64> {
+    key.strip_prefix(prefix)?
+        .strip_prefix("{p")?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_are_unique_hex_tokens() {
+        let (a, b) = (Hold::new(), Hold::new());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn reserve_replies_map_to_outcomes() {
+        assert_eq!(ReserveReply::parse((1, 4)), ReserveReply::Reserved);
+        assert_eq!(
+            ReserveReply::parse((0, 2)),
+            ReserveReply::Refused { available: 2 }
+        );
+        assert_eq!(ReserveReply::parse((-1, 0)), ReserveReply::Missing);
+    }
+
+    #[test]
+    fn paid_units_become_sold_the_rest_return() {
+        assert_eq!(Finish::Paid.field(), "sold");
+        for f in [Finish::Cancelled, Finish::Expired, Finish::Abandoned] {
+            assert_eq!(f.field(), "avail");
+        }
+    }
+
+    #[test]
+    fn product_keys_parse_back_to_ids() {
+        assert_eq!(product_of_key("c:", "c:{p42}"), Some(42));
+        assert_eq!(product_of_key("c:", "c:{sales}:20261124"), None);
+        assert_eq!(product_of_key("c:", "d:{p42}"), None);
+        assert_eq!(product_of_key("c:", "c:{px}"), None);
+    }
+}

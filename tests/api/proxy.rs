@@ -1,0 +1,98 @@
+//! A TCP proxy in front of the shared Redis, so one test can lose "its" Redis without
+//! stopping the server every other test uses.
+
+use std::sync::{
+    atomic::{AtomicU64, AtomicU8, Ordering},
+    Arc,
+};
+
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Bytes flow both ways.
+    Forward = 0,
+    /// Connections are accepted and then closed at once: Redis is down.
+    Refuse = 1,
+    /// Connections are accepted and nothing ever comes back: Redis hangs.
+    Blackhole = 2,
+}
+
+pub struct Proxy {
+    pub url: String,
+    mode: Arc<AtomicU8>,
+    /// Bumped on every mode change: connections of an older generation close.
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(AtomicU8::new(Mode::Forward as u8));
+        let generation = Arc::new(AtomicU64::new(0));
+        let upstream = upstream.to_string();
+        let (m, g) = (mode.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (m, g, upstream) = (m.clone(), g.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let born = g.load(Ordering::SeqCst);
+                    match m.load(Ordering::SeqCst) {
+                        0 => {
+                            if let Ok(server) = TcpStream::connect(&upstream).await {
+                                pipe(client, server, g, born).await;
+                            }
+                        }
+                        1 => drop(client),
+                        _ => hold(client, g, born).await,
+                    }
+                });
+            }
+        });
+        Proxy {
+            url: format!("redis://{addr}"),
+            mode,
+            generation,
+        }
+    }
+
+    /// Switches mode and drops every open connection (requests in flight are lost, as
+    /// when a server dies).
+    pub fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn stale(g: &AtomicU64, born: u64) {
+    while g.load(Ordering::SeqCst) == born {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn pipe(mut client: TcpStream, mut server: TcpStream, g: Arc<AtomicU64>, born: u64) {
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = stale(&g, born) => {}
+    }
+}
+
+async fn hold(mut client: TcpStream, g: Arc<AtomicU64>, born: u64) {
+    let swallow = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = client.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = swallow => {}
+        _ = stale(&g, born) => {}
+    }
+}
