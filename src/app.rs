@@ -81,6 +81,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(orders::router())
         .merge(payments::router())
         .merge(admin::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), mw::timeout))
         .route_layer(middleware::from_fn(mw::track_metrics))
         .fallback(mw::not_found)
         .method_not_allowed_fallback(mw::method_not_allowed)
@@ -94,7 +95,11 @@ pub fn build_app(state: AppState) -> Router {
                 anyhow::anyhow!("panic"),
             ))
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(mw::request_span)
+                .on_response(mw::record_response),
+        )
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
@@ -114,6 +119,7 @@ pub fn spawn_background(state: &AppState) {
     );
     state.catalog.cache.spawn_listener();
     state.redis.spawn_probe();
+    crate::telemetry::spawn_gauges(state.db.clone());
     spawn_reconciler(state);
     let limits = state.rate_limits.clone();
     tokio::spawn(async move {

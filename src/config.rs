@@ -57,6 +57,8 @@ pub struct Config {
     pub reservation_hold: Duration,
     /// How often Redis's stock and ranking are checked against MySQL.
     pub reconcile_interval: Duration,
+    /// A request still running after this ends with a 503 problem response.
+    pub request_timeout: Duration,
     pub db_max_connections: u32,
     pub rate_limits: RateLimitConfig,
     pub log_format: LogFormat,
@@ -127,6 +129,7 @@ impl Config {
             stock_gate,
             reservation_hold: millis("RESERVATION_HOLD_MS", 10_000)?,
             reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000)?,
+            request_timeout: millis("REQUEST_TIMEOUT_MS", 15_000)?,
             db_max_connections: number("DB_MAX_CONNECTIONS", 32)?,
             rate_limits: RateLimitConfig {
                 per_ip_per_sec: number("RATE_LIMIT_PER_SEC", 1000)?,

@@ -49,6 +49,10 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
+                // A row lock not granted within this is an error (1205, retried by
+                // `transact`), not a request stuck for InnoDB's default 50 s.
+                conn.execute("SET SESSION innodb_lock_wait_timeout = 5")
+                    .await?;
                 Ok(())
             })
         })
@@ -74,7 +78,10 @@ where
 {
     let mut attempt = 0;
     loop {
+        let acquiring = std::time::Instant::now();
         let mut tx = pool.begin().await?;
+        metrics::histogram!("db_pool_acquire_duration_seconds")
+            .record(acquiring.elapsed().as_secs_f64());
         let outcome = match work(&mut tx).await {
             Ok(value) => match recorder {
                 Some(r) => r.record_success(&mut tx, &value).await.map(|()| value),

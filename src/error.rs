@@ -54,6 +54,8 @@ pub enum AppError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0} is unavailable")]
     DependencyUnavailable(String),
+    #[error("the request did not finish within {0} ms")]
+    Timeout(u128),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("internal error")]
@@ -112,7 +114,9 @@ impl AppError {
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
-            DependencyUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+            DependencyUnavailable(_) | Timeout(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+            }
             Database(e) if is_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
             }

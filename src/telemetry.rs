@@ -1,6 +1,9 @@
 //! Logging (`RUST_LOG`, `LOG_FORMAT`) and the Prometheus recorder.
 
+use std::time::Duration;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::MySqlPool;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
@@ -20,9 +23,73 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Installs the process-wide metrics recorder (once per process).
+/// Installs the process-wide metrics recorder (once per process) and registers the
+/// counters that only move on rare events at zero, so dashboards show 0, not "no data".
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    Ok(PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)?
-        .install_recorder()?)
+        .install_recorder()?;
+    for name in [
+        "orders_expired_total",
+        "db_transaction_retries_total",
+        "http_request_timeouts_total",
+        "redis_calls_rejected_total",
+        "stock_rebuilds_total",
+        "stock_drift_repaired_total",
+        "ranking_rebuilds_total",
+        "ranking_days_repaired_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for limit in ["ip", "user_write"] {
+        metrics::counter!("rate_limited_total", "limit" => limit).absolute(0);
+    }
+    for kind in ["unavailable", "command"] {
+        metrics::counter!("redis_errors_total", "kind" => kind).absolute(0);
+    }
+    for outcome in [
+        "reserved",
+        "sold_out",
+        "mysql_fallback",
+        "released",
+        "expired",
+        "abandoned",
+        "confirmed",
+    ] {
+        metrics::counter!("stock_reservations_total", "outcome" => outcome).absolute(0);
+    }
+    for cache in ["product", "page", "top"] {
+        for (layer, result) in [("l1", "hit"), ("l1", "miss"), ("l2", "hit"), ("l2", "miss")] {
+            metrics::counter!("cache_requests_total", "cache" => cache, "layer" => layer, "result" => result)
+                .absolute(0);
+        }
+    }
+    Ok(handle)
+}
+
+/// How often the pool and outbox gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Refreshes the MySQL pool gauges (`db_pool_connections{state}`, `db_pool_max_connections`)
+/// and the outbox gauges (`outbox_backlog`, `outbox_oldest_age_seconds`) until the process
+/// ends. Waiting for a connection shows as `db_pool_acquire_duration_seconds`.
+pub fn spawn_gauges(pool: MySqlPool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (size, idle) = (pool.size(), pool.num_idle() as u32);
+            metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(idle));
+            metrics::gauge!("db_pool_connections", "state" => "in_use")
+                .set(f64::from(size.saturating_sub(idle)));
+            metrics::gauge!("db_pool_max_connections")
+                .set(f64::from(pool.options().get_max_connections()));
+            match crate::events::backlog(&pool).await {
+                Ok((count, age)) => {
+                    metrics::gauge!("outbox_backlog").set(count as f64);
+                    metrics::gauge!("outbox_oldest_age_seconds").set(age);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the outbox backlog failed"),
+            }
+            tokio::time::sleep(GAUGES_EVERY).await;
+        }
+    })
 }

@@ -3,7 +3,7 @@
 
 use chrono::NaiveDateTime;
 use serde::Serialize;
-use sqlx::MySqlConnection;
+use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::{db, error::AppError};
 
@@ -43,4 +43,18 @@ pub async fn record_order_paid(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// Unpublished events and the age in seconds of the oldest one (0 when none wait).
+pub async fn backlog(pool: &MySqlPool) -> Result<(i64, f64), AppError> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let oldest: Option<NaiveDateTime> = sqlx::query_scalar(
+        "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let age = oldest.map_or(0.0, |t| (db::now() - t).as_seconds_f64().max(0.0));
+    Ok((count, age))
 }

@@ -1,15 +1,58 @@
 //! Request-level middleware: metrics labelled by route template, and the problem+json
 //! fallbacks for unknown paths and methods.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
+use tracing::Span;
 
-use crate::error::AppError;
+use crate::{app::AppState, error::AppError};
+
+/// Ends a request that runs past `REQUEST_TIMEOUT_MS` with a 503 problem. Dropping the
+/// handler rolls back its open transaction; a Redis reservation it made is given back by
+/// the reconciler once its deadline passes.
+pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("http_request_timeouts_total").increment(1);
+            AppError::Timeout(limit.as_millis()).into_response()
+        }
+    }
+}
+
+/// The span of one request: method, route template, request id; status and latency are
+/// recorded when the response leaves. Headers (tokens) are never recorded.
+pub fn request_span(req: &Request) -> Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route,
+        request_id,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    )
+}
+
+pub fn record_response(response: &Response, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+    tracing::debug!("response");
+}
 
 /// Counts requests and records their latency by method, route template and status.
 pub async fn track_metrics(req: Request, next: Next) -> Response {

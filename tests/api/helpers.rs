@@ -79,6 +79,7 @@ pub fn test_config() -> Config {
         // Only at start-up unless a test asks: a reconciler repairing Redis behind a test's
         // back would hide the drift the test looks for.
         reconcile_interval: Duration::from_secs(3600),
+        request_timeout: Duration::from_secs(15),
         db_max_connections: 20,
         // Off by default so the concurrency tests measure the service, not the limiter.
         rate_limits: RateLimitConfig {
@@ -193,6 +194,18 @@ impl Reply {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A plain-text body (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("text")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {

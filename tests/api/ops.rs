@@ -122,3 +122,97 @@ async fn the_per_user_write_limit_does_not_touch_another_user() {
     app.charge(b, &tb, 1).await.assert_status(200);
     assert_eq!(app.balance(a).await, 3);
 }
+
+/// Metric names in a PromQL expression: every identifier directly before a `{` selector
+/// (the dashboard writes every metric with one).
+fn metric_names(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    for (i, c) in chars.iter().enumerate() {
+        if *c != '{' {
+            continue;
+        }
+        let start = chars[..i]
+            .iter()
+            .rposition(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == ':'))
+            .map_or(0, |p| p + 1);
+        if start < i {
+            names.push(chars[start..i].iter().collect());
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_dashboard_query_names_a_metric_the_service_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../dashboards/commerce-api.json"))
+            .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("expr").to_string())
+        .collect();
+    assert!(exprs.len() >= 10);
+
+    // Some traffic through every path the dashboard watches.
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let (user, token) = app.funded_user(1_000).await;
+    for path in ["/v1/products", "/v1/products/top"] {
+        app.get(path, None).await.assert_status(200);
+    }
+    app.get(&format!("/v1/products/{product}"), None).await;
+    let order = app.order(user, &token, product, 1, 100).await;
+    let id = order.assert_status(201)["order_id"].as_i64().unwrap();
+    app.pay(&token, id).await.assert_status(201);
+    app.order(user, &token, product, 1, 100)
+        .await
+        .assert_problem(409, "OUT_OF_STOCK");
+    let metrics = app.get_text("/metrics").await;
+
+    let mut checked = 0;
+    for expr in &exprs {
+        assert!(expr.contains(r#"job="commerce-api""#), "{expr}");
+        for name in metric_names(expr) {
+            let exported = metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+            assert!(
+                exported,
+                "the dashboard queries {name}, which /metrics does not export"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} metric references found");
+    // Route labels are templates, never raw URLs.
+    assert!(metrics.contains(r#"route="/v1/products/{product_id}""#));
+    assert!(!metrics.contains(&format!("/v1/products/{product}\"")));
+}
+
+#[tokio::test]
+async fn a_request_past_request_timeout_ms_ends_in_a_503_problem_and_changes_nothing() {
+    let app = spawn_with(|c| c.request_timeout = std::time::Duration::from_millis(300)).await;
+    let product = app.create_product(100, 5).await;
+    let (user, token) = app.funded_user(1_000).await;
+    let order = app.order(user, &token, product, 1, 100).await;
+    let id = order.assert_status(201)["order_id"].as_i64().unwrap();
+    // Another transaction holds the order row: the payment waits on its lock.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM orders WHERE id = ? FOR UPDATE")
+        .bind(id)
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = app.pay(&token, id).await;
+    r.assert_problem(503, "DEPENDENCY_UNAVAILABLE");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    blocker.rollback().await.unwrap();
+    assert_eq!(app.order_status(&token, id).await, "PENDING");
+    assert_eq!(app.balance(user).await, 1_000);
+    app.pay(&token, id).await.assert_status(201);
+}
