@@ -30,5 +30,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked
 fi
+# Property-based check of the API against its own OpenAPI document (no 5xx, no response
+# that breaks its schema); uses the debug binary the tests just built.
+scripts/schemathesis.sh
 drop_test_databases
 drop_test_keys

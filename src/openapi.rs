@@ -3,7 +3,10 @@
 use std::sync::OnceLock;
 
 use utoipa::{
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        ContentBuilder, Ref, RefOr, Response, ResponseBuilder,
+    },
     Modify, OpenApi,
 };
 
@@ -47,15 +50,71 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The whole document: every feature's routes merged.
+/// The whole document: every feature's routes merged, plus the answers any route can give
+/// that no handler declares (they come from middleware).
 pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi()
         .merge_from(ops::Api::openapi())
         .merge_from(points::routes::Api::openapi())
         .merge_from(catalog::routes::Api::openapi())
         .merge_from(orders::routes::Api::openapi())
         .merge_from(payments::routes::Api::openapi())
-        .merge_from(admin::routes::Api::openapi())
+        .merge_from(admin::routes::Api::openapi());
+    add_middleware_responses(&mut doc);
+    doc
+}
+
+fn problem(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            crate::error::PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+/// 413 and 415 on every route with a body (the body limit and the JSON extractor), 429 on
+/// every rate-limited route, 503 on every API route (a dependency down or
+/// `REQUEST_TIMEOUT_MS` passed).
+fn add_middleware_responses(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        let api = path.starts_with("/v1/");
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let has_body = op.request_body.is_some();
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| RefOr::T(problem(description)));
+            };
+            if has_body {
+                add("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB");
+                add("415", "VALIDATION_FAILED: the body is not application/json");
+            }
+            if !probe {
+                add("429", "RATE_LIMITED, with Retry-After");
+            }
+            if api {
+                add(
+                    "503",
+                    "DEPENDENCY_UNAVAILABLE: MySQL is down or the request timed out",
+                );
+            }
+        }
+    }
 }
 
 /// The document as JSON, built once.

@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/v1/users/{user_id}/points", tag = "points", security(("bearer" = [])),
     params(("user_id" = i64, Path, minimum = 1)),
     responses((status = 200, body = service::PointsView),
+        (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
