@@ -7,12 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\033[1m[schemathesis]\033[0m %s\n' "$*"; }
 
-venv=target/fuzz-venv
-if [ ! -x "$venv/bin/schemathesis" ]; then
-  log "installing schemathesis into $venv"
-  python3 -m venv "$venv" 2>/dev/null || { apt-get install -y python3-venv >/dev/null && python3 -m venv "$venv"; }
-  "$venv/bin/pip" install -q 'schemathesis>=4,<5'
-fi
+[ -n "${SCHEMATHESIS_BIN:-}" ] || eval "$(scripts/tools.sh)"
 
 bin=target/debug/commerce-api
 [ -x "$bin" ] || cargo build --locked
@@ -31,7 +26,7 @@ token=$(curl -sf -X POST -H "Authorization: Bearer $admin" "$base/v1/admin/users
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 
 run() {
-  timeout "${FUZZ_SECONDS:-300}" "$venv/bin/schemathesis" run "$base/openapi.json" \
+  timeout "${FUZZ_SECONDS:-300}" "$SCHEMATHESIS_BIN" run "$base/openapi.json" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "${FUZZ_EXAMPLES:-25}" --generation-deterministic --no-color "$@"
 }

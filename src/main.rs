@@ -1,4 +1,5 @@
-//! The commerce-api binary: `commerce-api [serve] [--seed-demo]`.
+//! The commerce-api binary: `commerce-api [serve] [--seed-demo]` runs the service;
+//! `commerce-api consume` runs the example `order.paid` consumer (the data platform).
 
 use anyhow::Context;
 use commerce_api::{
@@ -12,12 +13,17 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("consume") {
+        return consume().await;
+    }
     let seed_demo = args.iter().any(|a| a == "--seed-demo");
     if let Some(unknown) = args
         .iter()
         .find(|a| !matches!(a.as_str(), "serve" | "--seed-demo"))
     {
-        anyhow::bail!("unknown argument {unknown}; usage: commerce-api [serve] [--seed-demo]");
+        anyhow::bail!(
+            "unknown argument {unknown}; usage: commerce-api [serve] [--seed-demo] | commerce-api consume"
+        );
     }
 
     let config = Config::from_env()?;
@@ -44,6 +50,29 @@ async fn main() -> anyhow::Result<()> {
     spawn_background(&state);
     serve(listener, build_app(state), shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The example consumer: `DATABASE_URL`, `KAFKA_BROKERS`, `KAFKA_TOPIC`
+/// (commerce.order-paid), `KAFKA_GROUP` (commerce-data-platform).
+async fn consume() -> anyhow::Result<()> {
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    let format = match env("LOG_FORMAT").as_deref() {
+        Some("json") => commerce_api::config::LogFormat::Json,
+        _ => commerce_api::config::LogFormat::Pretty,
+    };
+    telemetry::init_logging(format);
+    let database_url = env("DATABASE_URL").context("DATABASE_URL is not set")?;
+    let config = commerce_api::events::consumer::ConsumerConfig {
+        brokers: env("KAFKA_BROKERS").context("KAFKA_BROKERS is not set")?,
+        topic: env("KAFKA_TOPIC").unwrap_or_else(|| commerce_api::config::DEFAULT_TOPIC.into()),
+        group: env("KAFKA_GROUP").unwrap_or_else(|| "commerce-data-platform".into()),
+    };
+    let pool = db::connect(&database_url, 4)
+        .await
+        .context("connecting to MySQL")?;
+    tracing::info!(topic = %config.topic, group = %config.group, "consuming");
+    commerce_api::events::consumer::run(pool, config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "stock_drift_repaired_total",
         "ranking_rebuilds_total",
         "ranking_days_repaired_total",
+        "events_published_total",
+        "events_publish_failures_total",
     ] {
         metrics::counter!(name).absolute(0);
     }

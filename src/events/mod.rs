@@ -1,5 +1,9 @@
 //! Domain events leave through the transactional outbox: they are written in the same
-//! transaction as the change that caused them, and published later (Kafka relay: planned).
+//! transaction as the change that caused them, and published to Kafka later by the
+//! [`relay`]; [`consumer`] is the example consumer (the data platform).
+
+pub mod consumer;
+pub mod relay;
 
 use chrono::NaiveDateTime;
 use serde::Serialize;

