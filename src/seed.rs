@@ -23,8 +23,31 @@ const NOUNS: &[&str] = &[
     "Scarf",
 ];
 
+/// How much demo data to seed: `SEED_PRODUCTS` / `SEED_USERS` (1000 / 100; the benchmark
+/// seeds 100,000 / 10,000).
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub products: i64,
+    pub users: i64,
+}
+
+impl Size {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let read = |key: &str, default: i64| -> anyhow::Result<i64> {
+            match std::env::var(key) {
+                Ok(v) if !v.trim().is_empty() => Ok(v.trim().parse()?),
+                _ => Ok(default),
+            }
+        };
+        Ok(Self {
+            products: read("SEED_PRODUCTS", DEMO_PRODUCTS)?,
+            users: read("SEED_USERS", DEMO_USERS)?,
+        })
+    }
+}
+
 /// Seeds products and users when there are none; returns whether it seeded.
-pub async fn demo_if_empty(pool: &MySqlPool) -> anyhow::Result<bool> {
+pub async fn demo_if_empty(pool: &MySqlPool, size: Size) -> anyhow::Result<bool> {
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(pool)
         .await?;
@@ -36,7 +59,7 @@ pub async fn demo_if_empty(pool: &MySqlPool) -> anyhow::Result<bool> {
     }
     let now = db::now();
     let mut tx = pool.begin().await?;
-    for chunk in (1..=DEMO_PRODUCTS).collect::<Vec<_>>().chunks(500) {
+    for chunk in (1..=size.products).collect::<Vec<_>>().chunks(500) {
         let mut q =
             QueryBuilder::new("INSERT INTO products (name, price, stock, created_at, updated_at) ");
         q.push_values(chunk, |mut row, i| {
@@ -53,13 +76,15 @@ pub async fn demo_if_empty(pool: &MySqlPool) -> anyhow::Result<bool> {
         });
         q.build().execute(&mut *tx).await?;
     }
-    let mut q = QueryBuilder::new("INSERT INTO users (name, balance, created_at) ");
-    q.push_values(1..=DEMO_USERS, |mut row, i| {
-        row.push_bind(format!("demo-user-{i}"))
-            .push_bind(DEMO_BALANCE)
-            .push_bind(now);
-    });
-    q.build().execute(&mut *tx).await?;
+    for chunk in (1..=size.users).collect::<Vec<_>>().chunks(1000) {
+        let mut q = QueryBuilder::new("INSERT INTO users (name, balance, created_at) ");
+        q.push_values(chunk, |mut row, i| {
+            row.push_bind(format!("demo-user-{i}"))
+                .push_bind(DEMO_BALANCE)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
     // The opening balances are charges, so the history proves every balance.
     sqlx::query(
         "INSERT INTO point_history (user_id, kind, amount, balance_after, created_at) \

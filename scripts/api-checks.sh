@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Property-based API check: schemathesis (from PyPI) generates requests from
-# /openapi.json and fails on any 5xx, any response that breaks its documented schema,
-# status code or content type. Bounded: FUZZ_EXAMPLES examples per operation (25) and
-# FUZZ_SECONDS overall (300). Runs the debug binary on a throwaway database.
+# Black-box checks against a running service (the debug binary on a throwaway database
+# with demo data):
+# 1. schemathesis generates requests from /openapi.json and fails on any 5xx or any
+#    response whose status, content type or body the document does not describe.
+#    Bounded: FUZZ_EXAMPLES examples per operation (25), FUZZ_SECONDS per run (300).
+# 2. every k6 scenario in smoke mode (seconds, small data), each ending with its
+#    invariant checks through the API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-log() { printf '\033[1m[schemathesis]\033[0m %s\n' "$*"; }
+log() { printf '\033[1m[api-checks]\033[0m %s\n' "$*"; }
 
-[ -n "${SCHEMATHESIS_BIN:-}" ] || eval "$(scripts/tools.sh)"
+[ -n "${SCHEMATHESIS_BIN:-}" ] && [ -n "${K6_BIN:-}" ] || eval "$(scripts/tools.sh)"
 
 bin=target/debug/commerce-api
 [ -x "$bin" ] || cargo build --locked
@@ -30,8 +33,15 @@ run() {
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "${FUZZ_EXAMPLES:-25}" --generation-deterministic --no-color "$@"
 }
-log "user routes (as user 1) and public routes"
+log "schemathesis: user routes (as user 1) and public routes"
 run -H "Authorization: Bearer $token" --exclude-path-regex '^/v1/admin'
-log "admin routes"
+log "schemathesis: admin routes"
 run -H "Authorization: Bearer $admin" --include-path-regex '^/v1/admin'
-log "no 5xx, every response conforms to the document"
+log "schemathesis: no 5xx, every response conforms to the document"
+
+for scenario in k6/*.js; do
+  [ "$scenario" = k6/lib.js ] && continue
+  log "k6 smoke: $scenario"
+  "$K6_BIN" run --quiet --no-usage-report -e SMOKE=1 -e BASE_URL="$base" -e ADMIN_TOKEN="$admin" "$scenario"
+done
+log "k6 smoke: every scenario's thresholds and invariants held"

@@ -1,0 +1,43 @@
+// Flash sale: thousands of buyers, one product with few units, each buyer orders one unit
+// and pays at once. Ends by checking through the API that nothing was oversold, sold ==
+// the buyers who paid, and every buyer's points are whole.
+//   k6 run -e ADMIN_TOKEN=... k6/flash_sale.js            (BUYERS=5000 UNITS=500)
+//   k6 run -e ADMIN_TOKEN=... -e SMOKE=1 k6/flash_sale.js  (seconds, small data)
+import exec from 'k6/execution';
+import { Counter } from 'k6/metrics';
+import { buyOne, checkFlashSale, createProduct, createUsers, invariantThresholds, SMOKE } from './lib.js';
+
+const BUYERS = Number(__ENV.BUYERS || (SMOKE ? 100 : 5000));
+const UNITS = Number(__ENV.UNITS || (SMOKE ? 10 : 500));
+const PRICE = 1000;
+const paid = new Counter('flash_paid');
+
+export const options = {
+  setupTimeout: '300s',
+  scenarios: {
+    buyers: {
+      executor: 'shared-iterations',
+      vus: Math.min(BUYERS, Number(__ENV.VUS || (SMOKE ? 20 : 500))),
+      iterations: BUYERS,
+      maxDuration: SMOKE ? '60s' : '10m',
+    },
+  },
+  thresholds: Object.assign({}, invariantThresholds, {
+    http_req_failed: ['rate<0.001'],
+    'http_req_duration{name:POST /v1/orders}': [SMOKE ? 'p(99)<2000' : 'p(99)<250'],
+  }),
+};
+
+export function setup() {
+  return { product: createProduct(PRICE, UNITS, 'flash sale item'), buyers: createUsers(BUYERS, PRICE, 'flash') };
+}
+
+export default function (data) {
+  const buyer = data.buyers[exec.scenario.iterationInTest % data.buyers.length];
+  if (buyOne(buyer, data.product, PRICE)) paid.add(1);
+}
+
+export function teardown(data) {
+  const result = checkFlashSale(data.product, UNITS, PRICE, data.buyers);
+  console.log(`flash sale: ${result.sold} of ${UNITS} units sold to ${BUYERS} buyers, ${result.available} left`);
+}
