@@ -22,8 +22,20 @@ use crate::{
     stock::StockGate,
 };
 
+/// What every handler reaches: cloned per request by the extractors, so it is one `Arc`
+/// (profiling showed the per-request clones of the caches inside it).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub db: MySqlPool,
     pub redis: RedisStore,
     pub stock: StockGate,
@@ -58,7 +70,7 @@ impl AppState {
             stock: stock.clone(),
             ranking: Ranking::new(redis.clone(), db.clone(), config.stock_gate),
         };
-        Ok(Self {
+        Ok(Self(Arc::new(Services {
             stock,
             catalog,
             tokens: Arc::new(TokenService::new(&config.auth)),
@@ -67,7 +79,7 @@ impl AppState {
             db,
             redis,
             metrics,
-        })
+        })))
     }
 }
 

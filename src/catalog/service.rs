@@ -12,7 +12,10 @@ use super::{
     domain::{rank, total_pages, PAGE_SIZE, TOP_N},
     ranking::Ranking,
 };
-use crate::{error::AppError, stock::StockGate};
+use crate::{
+    error::AppError,
+    stock::{Live, StockGate},
+};
 
 /// What the catalog reads from: MySQL behind the caches, the stock gate's live counters,
 /// and the ranking's sorted sets.
@@ -68,44 +71,56 @@ pub struct TopSellers {
 /// A listing page (cached; each product's `stock` as of the page's load, at most a few
 /// seconds old).
 pub async fn list(catalog: &Catalog, page: i64) -> Result<Arc<ProductPage>, AppError> {
-    catalog.cache.page(page, load_page(&catalog.db, page)).await
+    catalog.cache.page(page, load_page(catalog, page)).await
 }
 
-async fn load_page(pool: &MySqlPool, page: i64) -> Result<ProductPage, AppError> {
-    let total_items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
-        .fetch_one(pool)
-        .await?;
-    let total_pages = total_pages(total_items);
-    let items = if page > total_pages {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT id, name, price, stock - reserved AS stock FROM products ORDER BY id LIMIT ? OFFSET ?",
-        )
-        .bind(PAGE_SIZE)
-        .bind((page - 1) * PAGE_SIZE)
-        .fetch_all(pool)
-        .await?
+async fn load_page(catalog: &Catalog, page: i64) -> Result<ProductPage, AppError> {
+    let index = catalog.cache.index(load_index(&catalog.db)).await?;
+    let total_items = index.len() as i64;
+    let start = usize::try_from((page - 1).saturating_mul(PAGE_SIZE)).unwrap_or(usize::MAX);
+    let ids = index.get(start..).unwrap_or_default();
+    let ids = &ids[..ids.len().min(PAGE_SIZE as usize)];
+    let items = match (ids.first(), ids.last()) {
+        (Some(first), Some(last)) => {
+            sqlx::query_as(
+                "SELECT id, name, price, stock - reserved AS stock FROM products \
+                 WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            )
+            .bind(first)
+            .bind(last)
+            .bind(PAGE_SIZE)
+            .fetch_all(&catalog.db)
+            .await?
+        }
+        _ => Vec::new(),
     };
     Ok(ProductPage {
         page,
         page_size: PAGE_SIZE,
         total_items,
-        total_pages,
+        total_pages: total_pages(total_items),
         items,
     })
 }
 
+async fn load_index(pool: &MySqlPool) -> Result<Vec<i64>, AppError> {
+    Ok(sqlx::query_scalar("SELECT id FROM products ORDER BY id")
+        .fetch_all(pool)
+        .await?)
+}
+
 /// A product with live `stock` and `sold`: the cached row supplies name and price, the
-/// stock gate's counters (or MySQL, when Redis cannot answer) the figures.
+/// stock gate's counter the figures (MySQL when Redis cannot answer; the cached row when
+/// the product has no counter, i.e. no reservation since Redis last lost it).
 pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppError> {
     let cached = catalog
         .cache
         .product(id, load_detail(&catalog.db, id))
         .await?;
     let (stock, sold) = match catalog.stock.live(id).await {
-        Some(live) => live,
-        None => live_from_mysql(&catalog.db, id).await?,
+        Live::Counter { avail, sold } => (avail, sold),
+        Live::NoCounter => (cached.stock, cached.sold),
+        Live::Unavailable => live_from_mysql(&catalog.db, id).await?,
     };
     Ok(ProductDetail {
         stock,

@@ -169,22 +169,22 @@ impl StockGate {
         }
     }
 
-    /// Live `(available, sold)` from Redis, building a missing key from MySQL first;
-    /// `None` when Redis cannot answer (the caller reads MySQL).
-    pub async fn live(&self, product_id: i64) -> Option<(i64, i64)> {
+    /// Live `(available, sold)` from the product's Redis counter.
+    ///
+    /// A read does not build a missing key (a 100,000-product catalog browsed at random
+    /// would turn every first view into a locking MySQL read): a product without a counter
+    /// has had no reservation since Redis last lost it, so its row as cached is current.
+    pub async fn live(&self, product_id: i64) -> Live {
         if !self.enabled {
-            return None;
+            return Live::Unavailable;
         }
-        for attempt in 0..2 {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(self.key(product_id)).arg("avail").arg("sold");
-            match self.redis.cmd::<(Option<i64>, Option<i64>)>(&cmd).await {
-                Ok((Some(avail), Some(sold))) => return Some((avail, sold)),
-                Ok(_) if attempt == 0 => self.rebuild(product_id).await.ok()?,
-                _ => return None,
-            }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key(product_id)).arg("avail").arg("sold");
+        match self.redis.cmd::<(Option<i64>, Option<i64>)>(&cmd).await {
+            Ok((Some(avail), Some(sold))) => Live::Counter { avail, sold },
+            Ok(_) => Live::NoCounter,
+            Err(_) => Live::Unavailable,
         }
-        None
     }
 
     /// Builds one product's key from MySQL, once at a time per product in this instance.
@@ -285,6 +285,19 @@ impl StockGate {
             cursor = next;
         }
     }
+}
+
+/// What Redis says about a product's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    Counter {
+        avail: i64,
+        sold: i64,
+    },
+    /// No reservation since Redis last lost the key: the cached row is current.
+    NoCounter,
+    /// Redis is off, down or slow: read MySQL.
+    Unavailable,
 }
 
 fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""The benchmark: the service and the ceilings it is compared with, in one run.
+
+Started by bench/run.sh (which installs the tools and builds the release binary). Seeds
+BENCH_PRODUCTS products and BENCH_USERS users, then measures, each BENCH_REPEATS times
+(the median is reported, a 2-core shared machine is noisy):
+
+  reads     GET listing / detail / top  vs  GET /healthz of the same binary (wrk, same
+            threads and connections)
+  flash     k6 flash sale (5,000 buyers, 500 units); refusals on the sold-out product
+            vs redis-benchmark running the service's own reserve.lua
+  payments  POST /v1/payments  vs  mysqlslap running the payment transaction's statements
+  charges   POST /v1/users/{id}/points/charge  vs  mysqlslap running the charge statements
+  gate      refusals and the flash sale with STOCK_GATE=mysql vs redis
+
+and writes bench/results/latest.md: throughput, p50/p95/p99, ratios to the ceilings, the
+server's peak RSS, and whether every invariant held.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = ROOT / "target" / "release" / "commerce-api"
+PORT = int(os.environ.get("BENCH_PORT", "18280"))
+BASE = f"http://127.0.0.1:{PORT}"
+DB_BASE = os.environ.get("TEST_DATABASE_URL", "mysql://commerce:commerce@127.0.0.1:3306")
+DB_NAME = "commerce_bench"
+PREFIX = "commerce_bench:"
+ADMIN = "bench-admin-token"
+SECRET = "bench-jwt-secret"
+PRODUCTS = int(os.environ.get("BENCH_PRODUCTS", "100000"))
+USERS = int(os.environ.get("BENCH_USERS", "10000"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+BUYERS = int(os.environ.get("BENCH_BUYERS", "5000"))
+UNITS = int(os.environ.get("BENCH_UNITS", "500"))
+THREADS = 2
+CONNS = 64
+DB_POOL = 32
+K6 = os.environ.get("K6_BIN", "k6")
+WORK = pathlib.Path(tempfile.mkdtemp(prefix="commerce-bench-"))
+invariants = []  # (what, held)
+notes = []
+
+
+def log(msg):
+    print(f"\033[1m[bench]\033[0m {msg}", flush=True)
+
+
+def mariadb(sql, db=DB_NAME):
+    args = ["mariadb", "-h127.0.0.1", "-ucommerce", "-pcommerce", "-N", "-B", "-e", sql]
+    if db:
+        args.insert(1, db)
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def api(method, path, body=None, token=ADMIN):
+    req = urllib.request.Request(
+        BASE + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class Server:
+    """The release binary on the bench database; `gate` is STOCK_GATE."""
+
+    def __init__(self, gate="redis", seed=False):
+        try:
+            urllib.request.urlopen(BASE + "/healthz", timeout=1)
+            sys.exit(f"something already serves {BASE}; stop it first")
+        except OSError:
+            pass
+        env = dict(
+            os.environ,
+            DATABASE_URL=f"{DB_BASE}/{DB_NAME}",
+            REDIS_URL=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            REDIS_PREFIX=PREFIX,
+            BIND_ADDR=f"127.0.0.1:{PORT}",
+            ADMIN_TOKEN=ADMIN,
+            AUTH_JWT_SECRET=SECRET,
+            RATE_LIMIT_PER_SEC="0",
+            USER_RATE_LIMIT_PER_SEC="0",
+            DB_MAX_CONNECTIONS=str(DB_POOL),
+            STOCK_GATE=gate,
+            ORDER_TTL_SECS="3600",
+            SEED_PRODUCTS=str(PRODUCTS),
+            SEED_USERS=str(USERS),
+            RUST_LOG="warn",
+        )
+        self.log = open(WORK / f"server-{gate}.log", "w")
+        args = [str(BIN), "serve"] + (["--seed-demo"] if seed else [])
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(BASE + "/healthz", timeout=1)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit(f"the server exited; see {self.log.name}")
+                time.sleep(0.2)
+        sys.exit("the server did not start")
+
+    def peak_rss_mib(self):
+        status = pathlib.Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def wrk(script, conns=CONNS, seconds=SECONDS, **env):
+    env = dict(os.environ, BENCH_WRK_DIR=str(BENCH / "wrk"), THREADS=str(THREADS), **env)
+    out = subprocess.run(
+        ["wrk", f"-t{THREADS}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", str(BENCH / "wrk" / script), BASE],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def median(runs, key="rps"):
+    """The run with the median `key`, with every run's value for the record."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["all"] = [round(r[key]) for r in runs]
+    return chosen
+
+
+def get_bench(template, maximum):
+    wrk("get.lua", seconds=3, PATH_TEMPLATE=template, MAX=str(maximum))  # warm-up
+    return median([wrk("get.lua", PATH_TEMPLATE=template, MAX=str(maximum)) for _ in range(REPEATS)])
+
+
+def write_lines(name, rows):
+    path = WORK / name
+    path.write_text("".join(f"{p}\t{t}\t{json.dumps(b)}\n" for p, t, b in rows))
+    return str(path)
+
+
+def tokens_for(user_ids):
+    return {u: api("POST", f"/v1/admin/users/{u}/tokens")[1]["token"] for u in user_ids}
+
+
+def mysqlslap(template, transactions_per_client, **values):
+    sql = (BENCH / "sql" / template).read_text().format(**values)
+    statements = len([s for s in sql.split(";") if s.strip()])
+    query = WORK / template
+    query.write_text(sql)
+    runs = []
+    for _ in range(REPEATS):
+        out = subprocess.run(
+            ["mysqlslap", "-h127.0.0.1", "-ucommerce", "-pcommerce", f"--create-schema={DB_NAME}", "--no-drop",
+             f"--concurrency={DB_POOL}", "--iterations=1", f"--query={query}", "--delimiter=;",
+             # --number-of-queries counts all clients' statements together
+             f"--number-of-queries={statements * transactions_per_client * DB_POOL}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        seconds = float(re.search(r"Average number of seconds to run all queries: ([\d.]+)", out).group(1))
+        runs.append({"rps": transactions_per_client * DB_POOL / seconds})
+    return median(runs)
+
+
+def redis_benchmark(*command):
+    runs = []
+    for _ in range(REPEATS):
+        out = subprocess.run(
+            ["redis-benchmark", "-c", str(CONNS), "-n", "300000", "--csv", *command],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        runs.append({"rps": float(out.strip().splitlines()[-1].split(",")[1].strip('"'))})
+    return median(runs)
+
+
+def k6_flash(label):
+    out = subprocess.run(
+        [K6, "run", "--quiet", "--no-usage-report", "--log-format=raw", "-e", f"BASE_URL={BASE}", "-e", f"ADMIN_TOKEN={ADMIN}",
+         "-e", f"BUYERS={BUYERS}", "-e", f"UNITS={UNITS}", "-e", "VUS=256",
+         "--summary-trend-stats", "med,p(95),p(99)", "--summary-export", str(WORK / f"flash-{label}.json"),
+         str(ROOT / "k6" / "flash_sale.js")],
+        capture_output=True, text=True,
+    )
+    result = json.loads(re.search(r"FLASH_RESULT (\{.*?\})", out.stdout + out.stderr).group(1))
+    summary = json.loads((WORK / f"flash-{label}.json").read_text())
+    checks = summary["metrics"]["checks"]
+    invariants.append((f"k6 flash sale ({label}): {checks['passes']} checks incl. the end-of-run invariants, {checks['fails']} failed", checks["fails"] == 0))
+    if out.returncode != 0:
+        notes.append(f"k6 flash sale ({label}) missed a latency threshold (see the p99 column); its invariants are listed below.")
+    orders = summary["metrics"]["http_req_duration{name:POST /v1/orders}"]
+    return {
+        "rps": BUYERS / (result["ms"] / 1000),
+        "p50_ms": orders["med"], "p95_ms": orders["p(95)"], "p99_ms": orders["p(99)"],
+        "sold": result["sold"], "product": result["product"],
+    }
+
+
+def refusals(product, token):
+    status, body = api("GET", f"/v1/products/{product}")
+    assert status == 200 and body["stock"] == 0, body
+    lines = write_lines("refuse.lines", [("/v1/orders", token, {"user_id": 1, "product_id": product, "quantity": 1, "price": 1000})])
+    return median([wrk("post_lines.lua", LINES=lines) for _ in range(REPEATS)])
+
+
+def payments_bench(tokens):
+    """Fresh PENDING orders (written straight to MySQL), each paid once through the API."""
+    users = sorted(tokens)
+    runs = []
+    for _ in range(REPEATS):
+        count = 60000
+        _, product = api("POST", "/v1/admin/products", {"name": "bench payments", "price": 1, "stock": count})
+        pid = product["id"]
+        first = int(mariadb("SELECT COALESCE(MAX(id), 0) + 1 FROM orders"))
+        mariadb(
+            f"INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, updated_at, hold) "
+            f"SELECT 1 + (n % {len(users)}), {pid}, 1, 1, 1, 'PENDING', NOW(6), NOW(6) + INTERVAL 1 DAY, NOW(6), CONCAT('bench-', {first}, '-', n) "
+            f"FROM (SELECT a.i + 10 * b.i + 100 * c.i + 1000 * d.i + 10000 * e.i AS n FROM "
+            + " CROSS JOIN ".join(f"(SELECT 0 i UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) {t}" for t in "abcde")
+            + f") seq WHERE n < {count}; UPDATE products SET reserved = {count} WHERE id = {pid};"
+        )
+        rows = mariadb(f"SELECT id, user_id FROM orders WHERE product_id = {pid} ORDER BY id").splitlines()
+        lines = write_lines("pay.lines", [("/v1/payments", tokens[int(u)], {"order_id": int(o)}) for o, u in (r.split("\t") for r in rows)])
+        run = wrk("post_lines.lua", LINES=lines)
+        runs.append(run)
+        paid = int(mariadb(f"SELECT COUNT(*) FROM orders WHERE product_id = {pid} AND status = 'PAID'"))
+        sold = int(mariadb(f"SELECT sold FROM products WHERE id = {pid}"))
+        invariants.append((f"payments run: {paid} PAID orders == product sold {sold}, no failed payment", paid == sold and run["non2xx"] == 0))
+    return median(runs)
+
+
+def charges_bench(tokens):
+    users = sorted(tokens)
+    lines = write_lines("charge.lines", [(f"/v1/users/{u}/points/charge", tokens[u], {"amount": 1}) for u in users])
+    before = int(mariadb(f"SELECT SUM(balance) FROM users WHERE id <= {len(users)}"))
+    run = median([wrk("post_lines.lua", LINES=lines) for _ in range(REPEATS)])
+    after = int(mariadb(f"SELECT SUM(balance) FROM users WHERE id <= {len(users)}"))
+    conserved = int(mariadb(
+        f"SELECT COUNT(*) FROM users u WHERE u.id <= {len(users)} AND u.balance <> (SELECT COALESCE(SUM(CASE kind WHEN 'USE' THEN -amount ELSE amount END), 0) FROM point_history h WHERE h.user_id = u.id)"
+    ))
+    invariants.append((f"charges: balances grew by {after - before}, every balance == Σ its history", conserved == 0))
+    return run
+
+
+def row(name, service, ceiling_name=None, ceiling=None, target=None):
+    ratio = service["rps"] / ceiling["rps"] if ceiling else None
+    met = "" if target is None or ratio is None else ("yes" if ratio >= target else "**no**")
+    return {
+        "name": name, "rps": service["rps"], "p50": service.get("p50_ms"), "p95": service.get("p95_ms"),
+        "p99": service.get("p99_ms"), "runs": service.get("all"), "ceiling_name": ceiling_name,
+        "ceiling": ceiling["rps"] if ceiling else None, "ceiling_runs": ceiling.get("all") if ceiling else None,
+        "ratio": ratio, "target": target, "met": met,
+    }
+
+
+def fmt(v, digits=0):
+    return "–" if v is None else (f"{v:,.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def report(rows, rss, p99_checks, notes):
+    cpu = re.search(r"model name\s*:\s*(.*)", pathlib.Path("/proc/cpuinfo").read_text())
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/run.sh` on {os.cpu_count()} cores "
+        f"({cpu.group(1) if cpu else 'unknown CPU'}); catalog {PRODUCTS:,} products, {USERS:,} users; "
+        f"wrk {THREADS} threads × {CONNS} connections, {SECONDS} s per run, median of {REPEATS} runs "
+        f"(all runs in brackets); MySQL ceilings with {DB_POOL} connections (the service's pool).",
+        "",
+        "| measurement | service req/s | p50 ms | p95 ms | p99 ms | ceiling | ceiling req/s | ratio | target | met |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        target = "–" if r["target"] is None else f"≥ {r['target']}"
+        lines.append(
+            f"| {r['name']} | {fmt(r['rps'])} {r['runs'] or ''} | {fmt(r['p50'], 2)} | {fmt(r['p95'], 2)} | {fmt(r['p99'], 2)} "
+            f"| {r['ceiling_name'] or '–'} | {fmt(r['ceiling'])} {r['ceiling_runs'] or ''} | {ratio} | {target} | {r['met']} |"
+        )
+    lines += ["", "Latency targets (p99 ≤ 10 ms at 64 connections):", ""]
+    lines += [f"- {name}: p99 {p99:.2f} ms — {'yes' if p99 <= 10 else '**no**'}" for name, p99 in p99_checks]
+    lines += ["", f"Server peak RSS (VmHWM) with the {PRODUCTS:,}-product catalog: **{rss:.0f} MiB** "
+              f"(target ≤ 256 MiB: {'yes' if rss <= 256 else '**no**'}).", "", "Invariants:", ""]
+    lines += [f"- {'held' if ok else '**VIOLATED**'}: {what}" for what, ok in invariants]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    out = BENCH / "results" / "latest.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    log(f"written {out.relative_to(ROOT)}; raw logs in {WORK}")
+
+
+def main():
+    log(f"fresh database {DB_NAME} and Redis prefix {PREFIX}")
+    mariadb(f"DROP DATABASE IF EXISTS {DB_NAME}", db=None)
+    subprocess.run(f"redis-cli --scan --pattern '{PREFIX}*' | xargs -r -n 500 redis-cli DEL >/dev/null", shell=True, check=True)
+    log(f"seeding {PRODUCTS:,} products and {USERS:,} users")
+    server = Server(seed=True)
+    try:
+        return measure(server)
+    finally:
+        server.stop()
+
+
+def measure(server):
+    mariadb("CREATE TABLE bench_payments LIKE payments; ALTER TABLE bench_payments DROP INDEX uq_payments_order")
+    rows, p99s = [], []
+
+    log("reads vs the static route")
+    static = get_bench("/healthz", 1)
+    rows.append(row("GET /healthz (the ceiling of the reads)", static))
+    for name, template, maximum in [
+        ("GET /v1/products?page=… (random pages)", "/v1/products?page={n}", max(1, PRODUCTS // 20)),
+        ("GET /v1/products/{id} (random ids)", "/v1/products/{n}", PRODUCTS),
+        ("GET /v1/products/top?days=… (1–7)", "/v1/products/top?days={n}", 7),
+    ]:
+        result = get_bench(template, maximum)
+        rows.append(row(name, result, "GET /healthz", static, 0.5))
+        p99s.append((name, result["p99_ms"]))
+
+    log(f"flash sale: {BUYERS:,} buyers, {UNITS} units (Redis gate)")
+    flash = k6_flash("redis")
+    token = tokens_for([1])[1]
+    refused = refusals(flash["product"], token)
+    sha = subprocess.run(["redis-cli", "SCRIPT", "LOAD", (ROOT / "src/stock/lua/reserve.lua").read_text()],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    lua = redis_benchmark("EVALSHA", sha, "1", f"{PREFIX}{{p{flash['product']}}}", "bench-token", "1", "10000")
+    rows.append(row(f"flash sale orders, {BUYERS:,} buyers → {UNITS} units (order + pay per buyer, k6)", flash))
+    rows.append(row("flash-sale refusals (sold out, POST /v1/orders)", refused, "redis-benchmark EVALSHA reserve.lua", lua, 0.25))
+    _, zero = api("POST", "/v1/admin/products", {"name": "bench sold out", "price": 1000, "stock": 0})
+    refused_redis = refusals(zero["id"], token)
+
+    log("payments and charges vs their raw transactions")
+    tokens = tokens_for(range(1, 2001))
+    pay = payments_bench(tokens)
+    _, ceiling_product = api("POST", "/v1/admin/products", {"name": "bench ceiling", "price": 1, "stock": 1_000_000_000})
+    cp = ceiling_product["id"]
+    mariadb(f"UPDATE products SET reserved = 1000000000 WHERE id = {cp}")
+    pay_ceiling = mysqlslap("payment.sql", 300, order_min=int(mariadb("SELECT MIN(id) FROM orders")), orders=2000, users=2000, product=cp)
+    rows.append(row("payments (POST /v1/payments, one product)", pay, "mysqlslap: the payment statements", pay_ceiling, 0.5))
+    charge = charges_bench(tokens)
+    charge_ceiling = mysqlslap("charge.sql", 600, users=2000)
+    rows.append(row("charges (POST /v1/users/{id}/points/charge, 2,000 users)", charge, "mysqlslap: the charge statements", charge_ceiling, 0.5))
+
+    rss = server.peak_rss_mib()
+    server.stop()
+
+    log("the same with STOCK_GATE=mysql")
+    mysql_only = Server(gate="mysql")
+    try:
+        refused_mysql = refusals(zero["id"], token)
+        flash_mysql = k6_flash("mysql")
+        rss = max(rss, mysql_only.peak_rss_mib())
+    finally:
+        mysql_only.stop()
+    rows.append(row("refusals, MySQL only (STOCK_GATE=mysql)", refused_mysql))
+    rows.append(row("refusals, Redis gate (same product, same load)", refused_redis, "the MySQL-only refusals", refused_mysql, 5))
+    rows.append(row(f"flash sale orders, MySQL only ({BUYERS:,} buyers → {UNITS} units)", flash_mysql))
+
+    for label, product in [("redis", flash["product"]), ("mysql", flash_mysql["product"])]:
+        sold, paid = mariadb(f"SELECT sold, (SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = {product} AND status = 'PAID') FROM products WHERE id = {product}").split("\t")
+        invariants.append((f"flash sale ({label}) in MySQL: sold {sold} == Σ PAID quantities {paid} ≤ {UNITS}", sold == paid and int(sold) <= UNITS))
+    report(rows, rss, p99s, notes)
+    return 0 if all(ok for _, ok in invariants) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

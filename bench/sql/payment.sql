@@ -1,0 +1,12 @@
+BEGIN;
+SET @o = {order_min} + CONNECTION_ID() % {orders}, @u = 1 + CONNECTION_ID() % {users};
+SELECT id, user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, hold FROM orders WHERE id = @o FOR UPDATE;
+SELECT balance FROM users WHERE id = @u FOR UPDATE;
+UPDATE products SET stock = stock - 1, reserved = reserved - 1, sold = sold + 1, updated_at = NOW(6) WHERE id = {product} AND stock >= 1 AND reserved >= 1;
+UPDATE users SET balance = balance - 1 WHERE id = @u;
+INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) VALUES (@u, 'USE', 1, 0, @o, NOW(6));
+UPDATE orders SET paid_at = NOW(6), updated_at = NOW(6) WHERE id = @o;
+INSERT INTO bench_payments (order_id, user_id, amount, status, balance_after, created_at) VALUES (@o, @u, 1, 'COMPLETED', 0, NOW(6));
+INSERT INTO daily_sales (day, product_id, quantity) VALUES (UTC_DATE(), {product}, 1) ON DUPLICATE KEY UPDATE quantity = quantity + 1;
+INSERT INTO outbox (aggregate_id, event_type, payload, created_at) VALUES (@o, 'bench', '{{"bench": true}}', NOW(6));
+COMMIT;
