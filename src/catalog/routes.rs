@@ -1,6 +1,6 @@
 //! HTTP routes of the catalog (public).
 
-use axum::{extract::State, routing::get, Json, Router};
+use axum::{extract::State, response::IntoResponse, routing::get, Json, Router};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
@@ -43,9 +43,14 @@ struct ListParams {
 async fn list(
     State(state): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
-) -> Result<Json<std::sync::Arc<service::ProductPage>>, AppError> {
+) -> Result<axum::response::Response, AppError> {
     let page = domain::page(params.page)?;
-    Ok(Json(service::list(&state.catalog, page).await?))
+    let json = service::list(&state.catalog, page).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/products/{product_id}", tag = "catalog",

@@ -70,7 +70,7 @@ pub struct TopSellers {
 
 /// A listing page (cached; each product's `stock` as of the page's load, at most a few
 /// seconds old).
-pub async fn list(catalog: &Catalog, page: i64) -> Result<Arc<ProductPage>, AppError> {
+pub async fn list(catalog: &Catalog, page: i64) -> Result<axum::body::Bytes, AppError> {
     catalog.cache.page(page, load_page(catalog, page)).await
 }
 

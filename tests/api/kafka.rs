@@ -134,10 +134,10 @@ async fn wait_for(app: &TestApp, sql: &str, expected: i64, what: &str) {
         if now == expected {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what}: {now}, expected {expected}"
-        );
+        if start.elapsed() > Duration::from_secs(30) {
+            let unpublished = app.count(UNPUBLISHED).await;
+            panic!("{what}: {now}, expected {expected} ({unpublished} outbox rows unpublished)");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -396,9 +396,15 @@ async fn an_expiry_racing_a_cancel_returns_the_units_once() {
         app.post(&path, Some(token), json!({})).await
     }))
     .await;
-    assert!(cancels
-        .iter()
-        .all(|r| r.status == 200 || r.body["code"] == "ORDER_NOT_CANCELLABLE"));
+    assert!(
+        cancels
+            .iter()
+            .all(|r| r.status == 200 || r.body["code"] == "ORDER_NOT_CANCELLABLE"),
+        "{:?}",
+        cancels
+            .iter()
+            .find(|r| r.status != 200 && r.body["code"] != "ORDER_NOT_CANCELLABLE")
+    );
     let start = Instant::now();
     while app
         .count(&format!(
