@@ -192,7 +192,7 @@ def redis_benchmark(*command):
     return median(runs)
 
 
-def k6_flash(label):
+def k6_flash(label, attempt=1):
     out = subprocess.run(
         [K6, "run", "--quiet", "--no-usage-report", "--log-format=raw", "-e", f"BASE_URL={BASE}", "-e", f"ADMIN_TOKEN={ADMIN}",
          "-e", f"BUYERS={BUYERS}", "-e", f"UNITS={UNITS}", "-e", "VUS=256",
@@ -200,7 +200,16 @@ def k6_flash(label):
          str(ROOT / "k6" / "flash_sale.js")],
         capture_output=True, text=True,
     )
-    result = json.loads(re.search(r"FLASH_RESULT (\{.*?\})", out.stdout + out.stderr).group(1))
+    output = WORK / f"flash-{label}-{attempt}.log"
+    output.write_text(out.stdout + out.stderr)
+    found = re.search(r"FLASH_RESULT (\{.*?\})", out.stdout + out.stderr)
+    if not found:
+        # k6 stopped before its teardown (its setup hit an error): once more, then report.
+        if attempt == 1:
+            log(f"k6 flash sale ({label}) did not finish (see {output}); running it again")
+            return k6_flash(label, attempt + 1)
+        sys.exit(f"k6 flash sale ({label}) did not finish twice; see {output}")
+    result = json.loads(found.group(1))
     summary = json.loads((WORK / f"flash-{label}.json").read_text())
     checks = summary["metrics"]["checks"]
     invariants.append((f"k6 flash sale ({label}): {checks['passes']} checks incl. the end-of-run invariants, {checks['fails']} failed", checks["fails"] == 0))
