@@ -18,6 +18,7 @@ use rdkafka::{
 use serde::Deserialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
+use super::relay::kafka_error;
 use crate::{db, error::AppError};
 
 #[derive(Clone, Debug)]
@@ -161,8 +162,4 @@ async fn apply_in(
     .execute(&mut *tx)
     .await?;
     Ok(Applied::New)
-}
-
-fn kafka_error(e: rdkafka::error::KafkaError) -> AppError {
-    AppError::DependencyUnavailable(format!("kafka ({e})"))
 }

@@ -94,7 +94,8 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), AppError> {
     Ok(())
 }
 
-fn kafka_error(e: rdkafka::error::KafkaError) -> AppError {
+/// A Kafka client error: the broker is the unavailable dependency.
+pub(crate) fn kafka_error(e: rdkafka::error::KafkaError) -> AppError {
     AppError::DependencyUnavailable(format!("kafka ({e})"))
 }
 
