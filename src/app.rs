@@ -1,8 +1,17 @@
-//! The application: shared state and the router every entry point (main, tests) uses.
+//! The composition root: builds every part of an instance once ([`AppState`]), wires the
+//! router every entry point (main, tests) uses, and starts the background work.
+//!
+//! Imports flow one way: this module imports the features; no feature imports it. Each
+//! feature's router is generic over the state and asks only for the parts it needs
+//! (`Catalog`, `Checkout`, `Orders`, `Auth`, a pool…), which [`AppState`] hands out through
+//! `FromRef`.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{extract::DefaultBodyLimit, middleware, Router};
+use axum::{
+    extract::{DefaultBodyLimit, FromRef},
+    middleware, Router,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::MySqlPool;
 use tower_http::{
@@ -13,72 +22,131 @@ use tower_http::{
 
 use crate::{
     admin,
-    auth::TokenService,
+    auth::Auth,
     catalog::{self, cache::CatalogCache, ranking::Ranking, service::Catalog},
+    checkout::Checkout,
     config::Config,
-    http::{extract::MAX_BODY_BYTES, middleware as mw, rate_limit},
-    ops, orders, payments, points,
+    db::{self, Reader},
+    http::{
+        extract::MAX_BODY_BYTES,
+        middleware::{self as mw, RequestTimeout},
+        rate_limit::{self, RateLimits},
+    },
+    ops::{self, Ops},
+    orders::{self, service::Orders},
+    payments, points,
     redis_store::RedisStore,
     stock::StockGate,
 };
 
-/// What every handler reaches: cloned per request by the extractors, so it is one `Arc`
-/// (profiling showed the per-request clones of the caches inside it).
+/// Every part of one instance, built once; cloned per request (it is one `Arc`).
 #[derive(Clone)]
-pub struct AppState(Arc<Services>);
+pub struct AppState(Arc<Parts>);
+
+pub struct Parts {
+    pub config: Arc<Config>,
+    /// The primary: every write and every read that decides one.
+    pub db: MySqlPool,
+    /// Catalog loads: the replica while fresh, else the primary.
+    pub reader: Reader,
+    pub redis: RedisStore,
+    pub stock: StockGate,
+    pub catalog: Catalog,
+    pub checkout: Checkout,
+    pub orders: Orders,
+    pub auth: Auth,
+    pub rate_limits: Arc<RateLimits>,
+    pub ops: Ops,
+}
 
 impl std::ops::Deref for AppState {
-    type Target = Services;
+    type Target = Parts;
 
-    fn deref(&self) -> &Services {
+    fn deref(&self) -> &Parts {
         &self.0
     }
 }
 
-pub struct Services {
-    pub db: MySqlPool,
-    pub redis: RedisStore,
-    pub stock: StockGate,
-    pub catalog: Catalog,
-    pub config: Arc<Config>,
-    pub tokens: Arc<TokenService>,
-    pub rate_limits: Arc<rate_limit::RateLimits>,
-    /// Renders `/metrics`; `None` where no recorder is installed.
-    pub metrics: Option<PrometheusHandle>,
+macro_rules! parts {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(impl FromRef<AppState> for $ty {
+            fn from_ref(state: &AppState) -> $ty {
+                state.0.$field.clone()
+            }
+        })*
+    };
+}
+
+parts! {
+    db: MySqlPool,
+    catalog: Catalog,
+    checkout: Checkout,
+    orders: Orders,
+    auth: Auth,
+    ops: Ops,
 }
 
 impl AppState {
-    pub fn new(
+    /// Builds an instance on a migrated primary `db` (and connects the read replica when
+    /// `DATABASE_READ_URL` is set).
+    pub async fn new(
         config: Config,
         db: MySqlPool,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
-        let redis = RedisStore::new(
-            &config.redis_url,
-            &config.redis_prefix,
-            config.redis_timeout,
-        )?;
+        let redis = RedisStore::new(&config.redis, &config.redis_prefix, config.redis_timeout)?;
+        let reader = match &config.database_read_url {
+            Some(url) => {
+                Reader::with_replica(db.clone(), db::pool(url, config.db_max_connections).await?)
+            }
+            None => Reader::primary(db.clone()),
+        };
         let stock = StockGate::new(
             redis.clone(),
             db.clone(),
             config.stock_gate,
             config.reservation_hold,
+            config.sold_out_memory,
         );
+        let ranking = Ranking::new(redis.clone(), reader.clone(), config.stock_gate);
         let catalog = Catalog {
-            db: db.clone(),
-            cache: CatalogCache::new(redis.clone()),
+            db: reader.clone(),
+            cache: CatalogCache::new(redis.clone(), stock.clone()),
             stock: stock.clone(),
-            ranking: Ranking::new(redis.clone(), db.clone(), config.stock_gate),
+            ranking: ranking.clone(),
         };
-        Ok(Self(Arc::new(Services {
-            stock,
-            catalog,
-            tokens: Arc::new(TokenService::new(&config.auth)),
-            rate_limits: Arc::new(rate_limit::RateLimits::new(&config.rate_limits)),
+        let checkout = Checkout::new(
+            db.clone(),
+            stock.clone(),
+            ranking.clone(),
+            config.order_ttl,
+            config.batch_max,
+        )?;
+        let orders = Orders {
+            db: db.clone(),
+            stock: stock.clone(),
+            ranking,
+            refund_window: config.refund_window,
+        };
+        let auth = Auth::new(&config);
+        let ops = Ops {
+            db: reader.clone(),
+            redis: redis.clone(),
+            metrics,
+            auth_disabled: config.auth.disabled,
+        };
+        Ok(Self(Arc::new(Parts {
+            rate_limits: Arc::new(RateLimits::new(&config.rate_limits, auth.tokens.clone())),
             config: Arc::new(config),
             db,
+            reader,
             redis,
-            metrics,
+            stock,
+            catalog,
+            checkout,
+            orders,
+            auth,
+            ops,
         })))
     }
 }
@@ -93,12 +161,15 @@ pub fn build_app(state: AppState) -> Router {
         .merge(orders::router())
         .merge(payments::router())
         .merge(admin::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), mw::timeout))
+        .route_layer(middleware::from_fn_with_state(
+            RequestTimeout(state.config.request_timeout),
+            mw::timeout,
+        ))
         .route_layer(middleware::from_fn(mw::track_metrics))
         .fallback(mw::not_found)
         .method_not_allowed_fallback(mw::method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.rate_limits.clone(),
             rate_limit::enforce,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -112,6 +183,7 @@ pub fn build_app(state: AppState) -> Router {
                 .make_span_with(mw::request_span)
                 .on_response(mw::record_response),
         )
+        .layer(middleware::from_fn(mw::scope_request_id))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
@@ -121,7 +193,8 @@ pub fn build_app(state: AppState) -> Router {
 const EVICT_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts the background work of one instance: the order expiry sweeper, the cache
-/// invalidation listener, the Redis reconciler and the eviction of idle rate-limit keys.
+/// invalidation and units-back listeners, the Redis probe, repairs and reconciler, the
+/// replica monitor, the gauges, the outbox relay and the eviction of idle rate-limit keys.
 /// They run until the runtime stops.
 pub fn spawn_background(state: &AppState) {
     crate::orders::expiry::spawn(
@@ -130,7 +203,10 @@ pub fn spawn_background(state: &AppState) {
         state.config.sweep_interval,
     );
     state.catalog.cache.spawn_listener();
+    state.stock.spawn_listener();
+    state.stock.spawn_repairs();
     state.redis.spawn_probe();
+    state.reader.spawn_monitor(state.config.replica_max_lag);
     crate::telemetry::spawn_gauges(state.db.clone());
     if let Some(kafka) = &state.config.kafka {
         match crate::events::relay::Relay::new(state.db.clone(), kafka.clone()) {
@@ -162,15 +238,15 @@ fn spawn_reconciler(state: &AppState) {
     let every = state.config.reconcile_interval;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = recovered.notified() => {}
-                _ = tokio::time::sleep(every) => {}
-            }
             if let Err(e) = stock.reconcile().await {
                 tracing::debug!(error = %e, "stock reconciliation did not finish");
             }
             if let Err(e) = ranking.reconcile().await {
                 tracing::debug!(error = %e, "ranking reconciliation did not finish");
+            }
+            tokio::select! {
+                _ = recovered.notified() => {}
+                _ = tokio::time::sleep(every) => {}
             }
         }
     });

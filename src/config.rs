@@ -1,13 +1,16 @@
 //! Service configuration, read once from the environment in `main` and passed down.
+//! Every value is checked here: a bad one stops the process at start-up with a message
+//! naming the variable, never a panic in a background task later.
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
 
-pub use crate::events::relay::KafkaConfig;
-
-/// Topic of `order.paid` events.
+/// Topic of the order events.
 pub const DEFAULT_TOPIC: &str = "commerce.order-paid";
+/// An HS256 key shorter than the hash can be brute-forced from any token (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// How the service authenticates users (SPEC §3 "Authentication").
 #[derive(Clone, Debug)]
@@ -33,6 +36,36 @@ pub struct RateLimitConfig {
     pub user_write_burst: u32,
 }
 
+/// Where the outbox relay publishes.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: i32,
+    /// Published rows are deleted after this long.
+    pub retention: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 3,
+            retention: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Which Redis the service talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `REDIS_URL`: one server.
+    Single(String),
+    /// `REDIS_CLUSTER_NODES`: seed nodes of a Redis Cluster (`redis://host:port` each).
+    Cluster(Vec<String>),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -42,13 +75,19 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
-    pub redis_url: String,
+    /// A MySQL replica for catalog loads; `None`: everything reads the primary.
+    pub database_read_url: Option<String>,
+    /// A replica further behind than this is not read (the primary answers instead).
+    pub replica_max_lag: Duration,
+    pub redis: RedisTarget,
     pub bind_addr: SocketAddr,
     /// Bearer token of the admin routes; `None` turns them off (404).
     pub admin_token: Option<String>,
     pub auth: AuthConfig,
     /// How long a PENDING order holds its stock.
     pub order_ttl: Duration,
+    /// How long after its payment a PAID order can be refunded.
+    pub refund_window: Duration,
     /// How often the expiry sweeper looks for overdue orders.
     pub sweep_interval: Duration,
     /// Namespace of every Redis key.
@@ -58,8 +97,14 @@ pub struct Config {
     /// `STOCK_GATE=redis` (default): orders are reserved in Redis first; `mysql`: MySQL
     /// row locks alone decide, and Redis serves only the caches.
     pub stock_gate: bool,
-    /// How long a placement may take between its Redis reservation and its order's commit.
+    /// How long a Redis reservation waits for its order to be written before the
+    /// reconciler may give its units back (a process that died in between).
     pub reservation_hold: Duration,
+    /// How long this instance answers "sold out" from memory after the gate said so,
+    /// unless units come back sooner.
+    pub sold_out_memory: Duration,
+    /// Most orders and payments of one product committed in one transaction.
+    pub batch_max: usize,
     /// How often Redis's stock and ranking are checked against MySQL.
     pub reconcile_interval: Duration,
     /// A request still running after this ends with a 503 problem response.
@@ -72,6 +117,35 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Reads one variable as a number within `range` (or its default).
+fn bounded<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let value = match get(key) {
+        None => default,
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .with_context(|| format!("{key}={v}: expected a whole number of {unit}"))?,
+    };
+    if !range.contains(&value) {
+        bail!(
+            "{key}={value}: must be between {} and {} {unit}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(value)
+}
+
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
@@ -80,79 +154,137 @@ impl Config {
     /// Builds the configuration from any key lookup (the environment in production).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let get = |key: &str| get(key).filter(|v| !v.trim().is_empty());
-        let secs = |key: &str, default: u64| -> anyhow::Result<Duration> {
-            match get(key) {
-                None => Ok(Duration::from_secs(default)),
-                Some(v) => Ok(Duration::from_secs(v.parse().with_context(|| {
-                    format!("{key} must be a whole number of seconds")
-                })?)),
-            }
+        let millis = |key: &str, default: u64, min: u64, max: u64| {
+            bounded(&get, key, default, min..=max, "milliseconds").map(Duration::from_millis)
         };
-        let number = |key: &str, default: u32| -> anyhow::Result<u32> {
-            get(key)
-                .map(|v| {
-                    v.parse::<u32>()
-                        .with_context(|| format!("{key} must be a whole number"))
-                })
-                .transpose()
-                .map(|v| v.unwrap_or(default))
+        let secs = |key: &str, default: u64, min: u64, max: u64| {
+            bounded(&get, key, default, min..=max, "seconds").map(Duration::from_secs)
         };
-        let millis = |key: &str, default: u32| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(u64::from(number(key, default)?)))
+        let count = |key: &str, default: u32, min: u32, max: u32| {
+            bounded(&get, key, default, min..=max, "")
         };
+        const DAY: u64 = 86_400;
+
         let stock_gate = match get("STOCK_GATE").as_deref() {
             None | Some("redis") => true,
             Some("mysql") => false,
-            Some(other) => bail!("STOCK_GATE must be redis or mysql, not {other}"),
+            Some(other) => bail!("STOCK_GATE={other}: must be redis or mysql"),
         };
-        let disabled = matches!(get("AUTH_DISABLED").as_deref(), Some("true" | "1"));
+        let disabled = match get("AUTH_DISABLED").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => bail!("AUTH_DISABLED={other}: must be true or false"),
+        };
         let jwt_secret = get("AUTH_JWT_SECRET");
-        if jwt_secret.is_none() && !disabled {
-            bail!("AUTH_JWT_SECRET is not set (set AUTH_DISABLED=true to run without authentication, development only)");
+        match &jwt_secret {
+            None if !disabled => bail!(
+                "AUTH_JWT_SECRET is not set (set AUTH_DISABLED=true to run without authentication, development only)"
+            ),
+            Some(s) if s.len() < MIN_JWT_SECRET_BYTES => bail!(
+                "AUTH_JWT_SECRET is {} bytes; an HS256 key needs at least {MIN_JWT_SECRET_BYTES} (generate one: openssl rand -hex 32)",
+                s.len()
+            ),
+            _ => {}
+        }
+        let admin_token = get("ADMIN_TOKEN");
+        if let Some(t) = &admin_token {
+            if t.chars().count() < MIN_ADMIN_TOKEN_CHARS || t.chars().any(char::is_whitespace) {
+                bail!(
+                    "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters without spaces (generate one: openssl rand -hex 24)"
+                );
+            }
         }
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
-            Some(other) => bail!("LOG_FORMAT must be json or pretty, not {other}"),
+            Some(other) => bail!("LOG_FORMAT={other}: must be json or pretty"),
         };
+        let redis = match get("REDIS_CLUSTER_NODES") {
+            Some(nodes) => {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| {
+                        if n.contains("://") {
+                            n.to_string()
+                        } else {
+                            format!("redis://{n}")
+                        }
+                    })
+                    .collect();
+                if nodes.is_empty() {
+                    bail!("REDIS_CLUSTER_NODES: give host:port of at least one node");
+                }
+                RedisTarget::Cluster(nodes)
+            }
+            None => RedisTarget::Single(
+                get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            ),
+        };
+        let redis_prefix = get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into());
+        if redis_prefix.contains(['{', '}']) {
+            bail!("REDIS_PREFIX must not contain {{ or }}: they would change the keys' hash slots");
+        }
+        let request_timeout = millis("REQUEST_TIMEOUT_MS", 15_000, 100, 600_000)?;
+        let redis_timeout = millis("REDIS_TIMEOUT_MS", 250, 1, 60_000)?;
+        if redis_timeout >= request_timeout {
+            bail!("REDIS_TIMEOUT_MS must be shorter than REQUEST_TIMEOUT_MS");
+        }
+        let database_url = get("DATABASE_URL").context("DATABASE_URL is not set")?;
+        if !database_url.starts_with("mysql://") {
+            bail!("DATABASE_URL must be a mysql:// URL");
+        }
+        let database_read_url = get("DATABASE_READ_URL");
+        if database_read_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("mysql://"))
+        {
+            bail!("DATABASE_READ_URL must be a mysql:// URL");
+        }
         Ok(Self {
-            database_url: get("DATABASE_URL").context("DATABASE_URL is not set")?,
-            redis_url: get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            database_url,
+            database_read_url,
+            replica_max_lag: secs("REPLICA_MAX_LAG_SECS", 2, 0, 3600)?,
+            redis,
             bind_addr: get("BIND_ADDR")
                 .unwrap_or_else(|| "127.0.0.1:8080".into())
                 .parse()
                 .context("BIND_ADDR must be host:port")?,
-            admin_token: get("ADMIN_TOKEN"),
+            admin_token,
             auth: AuthConfig {
                 jwt_secret,
                 disabled,
                 issuer: get("AUTH_ISSUER"),
                 audience: get("AUTH_AUDIENCE"),
-                token_ttl: secs("AUTH_TOKEN_TTL_SECS", 3600)?,
+                token_ttl: secs("AUTH_TOKEN_TTL_SECS", 3600, 1, 30 * DAY)?,
             },
-            order_ttl: secs("ORDER_TTL_SECS", 600)?,
-            sweep_interval: Duration::from_millis(u64::from(number("SWEEP_INTERVAL_MS", 250)?)),
-            redis_prefix: get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into()),
-            redis_timeout: millis("REDIS_TIMEOUT_MS", 250)?,
+            order_ttl: secs("ORDER_TTL_SECS", 600, 1, 30 * DAY)?,
+            refund_window: secs("REFUND_WINDOW_SECS", 7 * DAY, 0, 365 * DAY)?,
+            sweep_interval: millis("SWEEP_INTERVAL_MS", 250, 10, 3_600_000)?,
+            redis_prefix,
+            redis_timeout,
             stock_gate,
-            reservation_hold: millis("RESERVATION_HOLD_MS", 10_000)?,
-            reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000)?,
-            request_timeout: millis("REQUEST_TIMEOUT_MS", 15_000)?,
+            reservation_hold: millis("RESERVATION_HOLD_MS", 10_000, 100, 600_000)?,
+            sold_out_memory: millis("SOLD_OUT_MEMORY_MS", 1_000, 0, 60_000)?,
+            batch_max: count("BATCH_MAX", 64, 1, 1000)? as usize,
+            reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000, 100, 86_400_000)?,
+            request_timeout,
             kafka: match get("KAFKA_BROKERS") {
                 None => None,
                 Some(brokers) => Some(KafkaConfig {
                     brokers,
                     topic: get("KAFKA_TOPIC").unwrap_or_else(|| DEFAULT_TOPIC.into()),
-                    partitions: number("KAFKA_PARTITIONS", 3)? as i32,
-                    retention: secs("OUTBOX_RETENTION_HOURS", 168)? * 3600,
+                    partitions: count("KAFKA_PARTITIONS", 3, 1, 1000)? as i32,
+                    retention: secs("OUTBOX_RETENTION_HOURS", 168, 1, 24 * 365)? * 3600,
                 }),
             },
-            db_max_connections: number("DB_MAX_CONNECTIONS", 32)?,
+            db_max_connections: count("DB_MAX_CONNECTIONS", 32, 2, 1000)?,
             rate_limits: RateLimitConfig {
-                per_ip_per_sec: number("RATE_LIMIT_PER_SEC", 1000)?,
-                per_ip_burst: number("RATE_LIMIT_BURST", 2000)?,
-                user_write_per_sec: number("USER_RATE_LIMIT_PER_SEC", 20)?,
-                user_write_burst: number("USER_RATE_LIMIT_BURST", 40)?,
+                per_ip_per_sec: count("RATE_LIMIT_PER_SEC", 1000, 0, u32::MAX)?,
+                per_ip_burst: count("RATE_LIMIT_BURST", 2000, 0, u32::MAX)?,
+                user_write_per_sec: count("USER_RATE_LIMIT_PER_SEC", 20, 0, u32::MAX)?,
+                user_write_burst: count("USER_RATE_LIMIT_BURST", 40, 0, u32::MAX)?,
             },
             log_format,
         })
@@ -164,12 +296,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn with(extra: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let mut vars = vec![("DATABASE_URL", "mysql://x/y"), ("AUTH_JWT_SECRET", SECRET)];
+        vars.extend_from_slice(extra);
+        config(&vars)
     }
 
     #[test]
@@ -186,10 +326,68 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_spec() {
-        let c = config(&[("DATABASE_URL", "mysql://x/y"), ("AUTH_JWT_SECRET", "s")]).unwrap();
+        let c = with(&[]).unwrap();
         assert_eq!(c.order_ttl, Duration::from_secs(600));
+        assert_eq!(c.refund_window, Duration::from_secs(604_800));
         assert_eq!(c.auth.token_ttl, Duration::from_secs(3600));
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
-        assert!(c.admin_token.is_none());
+        assert_eq!(
+            c.redis,
+            RedisTarget::Single("redis://127.0.0.1:6379".into())
+        );
+        assert!(c.admin_token.is_none() && c.database_read_url.is_none());
+    }
+
+    #[test]
+    fn a_short_jwt_secret_or_admin_token_is_refused() {
+        let err = config(&[("DATABASE_URL", "mysql://x/y"), ("AUTH_JWT_SECRET", "s")]).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        let err = with(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert!(err.to_string().contains("ADMIN_TOKEN"), "{err}");
+        assert!(with(&[("ADMIN_TOKEN", "0123456789abcdef")]).is_ok());
+    }
+
+    #[test]
+    fn every_duration_and_size_is_checked() {
+        for (key, bad) in [
+            ("SWEEP_INTERVAL_MS", "0"),
+            ("RECONCILE_INTERVAL_MS", "0"),
+            ("REQUEST_TIMEOUT_MS", "0"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("RESERVATION_HOLD_MS", "0"),
+            ("ORDER_TTL_SECS", "0"),
+            ("AUTH_TOKEN_TTL_SECS", "0"),
+            ("DB_MAX_CONNECTIONS", "1"),
+            ("BATCH_MAX", "0"),
+            ("KAFKA_PARTITIONS", "0"),
+            ("SWEEP_INTERVAL_MS", "-5"),
+            ("ORDER_TTL_SECS", "ten"),
+            ("RATE_LIMIT_PER_SEC", "99999999999"),
+        ] {
+            let mut vars = vec![(key, bad)];
+            if key == "KAFKA_PARTITIONS" {
+                vars.push(("KAFKA_BROKERS", "k:9092"));
+            }
+            let err = with(&vars).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{key}: {err}");
+        }
+        let err = with(&[
+            ("REDIS_TIMEOUT_MS", "20000"),
+            ("REQUEST_TIMEOUT_MS", "10000"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("shorter"), "{err}");
+    }
+
+    #[test]
+    fn cluster_nodes_replace_the_redis_url() {
+        let c = with(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7001, 127.0.0.1:7002")]).unwrap();
+        assert_eq!(
+            c.redis,
+            RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7001".into(),
+                "redis://127.0.0.1:7002".into()
+            ])
+        );
     }
 }

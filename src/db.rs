@@ -1,25 +1,31 @@
 //! MySQL access: connecting (creating the database when missing), embedded migrations,
-//! and `transact`, the runner every write goes through.
+//! the MySQL error numbers the service reacts to, and [`transact`], the retrying runner of
+//! plain transactions. A leaf: it imports nothing of this crate.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
 use chrono::{NaiveDateTime, Utc};
-use serde::Serialize;
 use sqlx::{
     migrate::{MigrateDatabase, Migrator},
     mysql::{MySqlDatabaseError, MySqlPoolOptions},
     Executor, MySql, MySqlConnection, MySqlPool,
 };
 
-use crate::{error::AppError, idempotency::Recorder};
-
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// How often a transaction that lost a deadlock or a lock wait is tried again.
-const MAX_RETRIES: u32 = 5;
-/// MySQL error numbers worth a retry: deadlock victim, lock wait timeout.
-const ER_LOCK_DEADLOCK: u16 = 1213;
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+pub const MAX_RETRIES: u32 = 5;
+/// Deadlock victim: the transaction was rolled back and may run again.
+pub const ER_LOCK_DEADLOCK: u16 = 1213;
+/// A row lock was not granted within `innodb_lock_wait_timeout`; only the statement was
+/// rolled back.
+pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// Duplicate entry for a unique key.
+pub const ER_DUP_ENTRY: u16 = 1062;
+/// The server has no connection left for us.
+pub const ER_CON_COUNT_ERROR: u16 = 1040;
+/// How long a session waits for a row lock before its statement fails with 1205.
+pub const LOCK_WAIT_SECS: u32 = 5;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -42,75 +48,31 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
             }
         }
     }
-    let pool = MySqlPoolOptions::new()
+    let pool = pool(url, max_connections).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A pool on an existing database, without migrating it (a read replica).
+pub async fn pool(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    Ok(MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
-                // A row lock not granted within this is an error (1205, retried by
-                // `transact`), not a request stuck for InnoDB's default 50 s.
-                conn.execute("SET SESSION innodb_lock_wait_timeout = 5")
-                    .await?;
+                // A row lock not granted within this is an error (1205), not a request
+                // stuck for InnoDB's default 50 s.
+                conn.execute(
+                    format!("SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECS}").as_str(),
+                )
+                .await?;
                 Ok(())
             })
         })
         .connect(url)
-        .await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
-}
-
-/// Runs `work` in one transaction and commits it; on a deadlock or lock-wait timeout the
-/// whole transaction is rolled back and run again, at most `MAX_RETRIES` times.
-///
-/// With a `recorder`, the response is stored under its Idempotency-Key inside the same
-/// transaction, so the effect and the stored answer commit together or not at all.
-pub async fn transact<T, F>(
-    pool: &MySqlPool,
-    recorder: Option<&Recorder>,
-    mut work: F,
-) -> Result<T, AppError>
-where
-    T: Serialize + Send,
-    F: for<'c> FnMut(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, AppError>>,
-{
-    let mut attempt = 0;
-    loop {
-        let acquiring = std::time::Instant::now();
-        let mut tx = pool.begin().await?;
-        metrics::histogram!("db_pool_acquire_duration_seconds")
-            .record(acquiring.elapsed().as_secs_f64());
-        let outcome = match work(&mut tx).await {
-            Ok(value) => match recorder {
-                Some(r) => r.record_success(&mut tx, &value).await.map(|()| value),
-                None => Ok(value),
-            },
-            Err(e) => Err(e),
-        };
-        let result = match outcome {
-            Ok(value) => tx.commit().await.map(|()| value).map_err(AppError::from),
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        };
-        match result {
-            Err(AppError::Database(e)) if is_retryable(&e) && attempt < MAX_RETRIES => {
-                attempt += 1;
-                metrics::counter!("db_transaction_retries_total").increment(1);
-                tracing::debug!(attempt, error = %e, "retrying transaction");
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// A deadlock victim or a lock-wait timeout: the transaction did nothing and may run again.
-pub fn is_retryable(e: &sqlx::Error) -> bool {
-    mysql_error_number(e).is_some_and(|n| n == ER_LOCK_DEADLOCK || n == ER_LOCK_WAIT_TIMEOUT)
+        .await?)
 }
 
 /// The MySQL error number of a database error, if it is one.
@@ -123,5 +85,194 @@ pub fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
     }
 }
 
-/// Duplicate entry for a unique key.
-pub const ER_DUP_ENTRY: u16 = 1062;
+/// A deadlock victim or a lock-wait timeout: the transaction did nothing and may run again.
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    mysql_error_number(e).is_some_and(|n| n == ER_LOCK_DEADLOCK || n == ER_LOCK_WAIT_TIMEOUT)
+}
+
+/// Connection-level failures: the database is away, not the request at fault.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    ) || mysql_error_number(e) == Some(ER_CON_COUNT_ERROR)
+}
+
+/// An error type that can tell whether its transaction may simply run again.
+pub trait Retry: From<sqlx::Error> {
+    fn retryable(&self) -> bool;
+}
+
+/// Runs `work` in one transaction and commits it; on a deadlock or lock-wait timeout the
+/// whole transaction is rolled back and run again, at most `MAX_RETRIES` times.
+pub async fn transact<T, E, F>(pool: &MySqlPool, mut work: F) -> Result<T, E>
+where
+    T: Send,
+    E: Retry,
+    F: for<'c> FnMut(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut tx = begin(pool).await?;
+            match work(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        match result {
+            Err(e) if e.retryable() && attempt < MAX_RETRIES => {
+                attempt += 1;
+                backoff(attempt).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Begins a transaction, recording how long the pool made us wait for a connection.
+pub async fn begin(pool: &MySqlPool) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
+    let acquiring = std::time::Instant::now();
+    let tx = pool.begin().await?;
+    metrics::histogram!("db_pool_acquire_duration_seconds")
+        .record(acquiring.elapsed().as_secs_f64());
+    Ok(tx)
+}
+
+/// The pause before retry number `attempt` (1-based), counted in `db_transaction_retries_total`.
+pub async fn backoff(attempt: u32) {
+    metrics::counter!("db_transaction_retries_total").increment(1);
+    tracing::debug!(
+        attempt,
+        "retrying a transaction after a deadlock or lock wait"
+    );
+    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+}
+
+/// Where catalog loads read: a MySQL replica (`DATABASE_READ_URL`) while it answers and is
+/// no further behind than the bound, else the primary. Everything that writes, or reads to
+/// decide a write, uses the primary pool directly.
+///
+/// Freshness is measured end to end: the monitor writes a heartbeat row on the primary and
+/// reads it back from the replica, every [`HEARTBEAT_EVERY`]; the replica is used while the
+/// heartbeat it shows is at most `max_lag` old.
+#[derive(Clone)]
+pub struct Reader {
+    primary: MySqlPool,
+    replica: Option<MySqlPool>,
+    fresh: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often the replica's freshness is measured.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+impl Reader {
+    /// Reads from the primary only.
+    pub fn primary(pool: MySqlPool) -> Self {
+        Self {
+            primary: pool,
+            replica: None,
+            fresh: std::sync::Arc::default(),
+        }
+    }
+
+    /// Reads from `replica` once the monitor has found it fresh.
+    pub fn with_replica(primary: MySqlPool, replica: MySqlPool) -> Self {
+        Self {
+            primary,
+            replica: Some(replica),
+            fresh: std::sync::Arc::default(),
+        }
+    }
+
+    /// The pool a catalog load should use now.
+    pub fn pool(&self) -> &MySqlPool {
+        match &self.replica {
+            Some(replica) if self.fresh.load(std::sync::atomic::Ordering::Relaxed) => replica,
+            _ => &self.primary,
+        }
+    }
+
+    /// The primary, for what must not read a replica (readiness of the primary itself).
+    pub fn primary_pool(&self) -> &MySqlPool {
+        &self.primary
+    }
+
+    pub fn has_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    /// Whether loads go to the replica right now.
+    pub fn on_replica(&self) -> bool {
+        self.replica.is_some() && self.fresh.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Measures the replica's lag until the process ends (nothing without a replica).
+    pub fn spawn_monitor(&self, max_lag: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let replica = self.replica.clone()?;
+        let (primary, fresh) = (self.primary.clone(), self.fresh.clone());
+        Some(tokio::spawn(async move {
+            let mut was_fresh = false;
+            loop {
+                let lag = replica_lag(&primary, &replica).await;
+                let now_fresh = lag.is_some_and(|lag| lag <= max_lag);
+                fresh.store(now_fresh, std::sync::atomic::Ordering::Relaxed);
+                metrics::gauge!("db_replica_lag_seconds")
+                    .set(lag.map_or(-1.0, |l| l.as_secs_f64()));
+                metrics::gauge!("db_replica_in_use").set(if now_fresh { 1.0 } else { 0.0 });
+                if now_fresh != was_fresh {
+                    tracing::warn!(
+                        ?lag,
+                        fresh = now_fresh,
+                        "catalog reads switch {}",
+                        if now_fresh {
+                            "to the replica"
+                        } else {
+                            "to the primary"
+                        }
+                    );
+                    was_fresh = now_fresh;
+                }
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+            }
+        }))
+    }
+}
+
+/// Writes a heartbeat on the primary and reads it on the replica; `None` when either does
+/// not answer in time.
+async fn replica_lag(primary: &MySqlPool, replica: &MySqlPool) -> Option<Duration> {
+    let bound = HEARTBEAT_EVERY * 2;
+    let beat = tokio::time::timeout(
+        bound,
+        sqlx::query(
+            "INSERT INTO replication_heartbeat (id, beat) VALUES (1, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE beat = VALUES(beat)",
+        )
+        .execute(primary),
+    )
+    .await;
+    if !matches!(beat, Ok(Ok(_))) {
+        return None;
+    }
+    let seen: NaiveDateTime = tokio::time::timeout(
+        bound,
+        sqlx::query_scalar("SELECT beat FROM replication_heartbeat WHERE id = 1")
+            .fetch_optional(replica),
+    )
+    .await
+    .ok()?
+    .ok()??;
+    Some((now() - seen).to_std().unwrap_or_default())
+}

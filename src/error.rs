@@ -1,12 +1,113 @@
 //! The one error type of the service and its `application/problem+json` form (RFC 9457).
-//! Database and internal errors are logged here and never shown to the client.
+//!
+//! [`CODES`] is the table of SPEC §4: it gives every code its status, title and meaning, and
+//! drives the problem documents, the pages their `type` URIs resolve to
+//! (`GET /problems/{slug}`), and the OpenAPI document. Database and internal errors are
+//! logged here and never shown to the client.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::db;
+
+/// One error code of SPEC §4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeDoc {
+    pub code: &'static str,
+    /// The usual status (`VALIDATION_FAILED` is also 415 for a non-JSON body).
+    pub status: u16,
+    pub title: &'static str,
+    /// What it means and what a client can do about it.
+    pub meaning: &'static str,
+    /// The members a problem of this code carries beyond the standard ones.
+    pub members: &'static [&'static str],
+}
+
+impl CodeDoc {
+    /// `OUT_OF_STOCK` → `out-of-stock`, the last segment of its `type` URI.
+    pub fn slug(&self) -> String {
+        self.code.to_ascii_lowercase().replace('_', "-")
+    }
+
+    /// The problem's `type`: a path on this service that answers with this code's page.
+    pub fn type_uri(&self) -> String {
+        format!("{PROBLEMS_PATH}/{}", self.slug())
+    }
+}
+
+/// Where the problem pages live.
+pub const PROBLEMS_PATH: &str = "/problems";
+
+macro_rules! codes {
+    ($($name:ident = $code:literal, $status:literal, $title:literal, [$($member:literal),*], $meaning:literal;)*) => {
+        /// The codes of SPEC §4, by name.
+        pub mod code {
+            use super::CodeDoc;
+            $(pub const $name: CodeDoc = CodeDoc {
+                code: $code, status: $status, title: $title, meaning: $meaning, members: &[$($member),*],
+            };)*
+        }
+        /// Every code, in the order of SPEC §4.
+        pub const CODES: &[CodeDoc] = &[$(code::$name),*];
+    };
+}
+
+codes! {
+    VALIDATION_FAILED = "VALIDATION_FAILED", 400, "Validation failed", [],
+        "The request is malformed: invalid JSON, a wrong type, a missing or out-of-range field or query parameter, an unknown field where none is allowed. With status 415: a body sent with a Content-Type other than application/json. Fix the request; retrying it unchanged will fail the same way.";
+    INVALID_AMOUNT = "INVALID_AMOUNT", 400, "Invalid amount", [],
+        "A charge amount must be a whole number of points of at least 1 within 64-bit range.";
+    UNAUTHORIZED = "UNAUTHORIZED", 401, "Unauthorized", [],
+        "The route needs a valid bearer token: a user JWT (HS256, `sub` = user id, `exp`) or, on /v1/admin, the admin token. It was missing, malformed, expired or wrongly signed.";
+    FORBIDDEN = "FORBIDDEN", 403, "Forbidden", [],
+        "The token is valid but acts for another user than the one named in the path or body.";
+    USER_NOT_FOUND = "USER_NOT_FOUND", 404, "User not found", [],
+        "No user has that id.";
+    PRODUCT_NOT_FOUND = "PRODUCT_NOT_FOUND", 404, "Product not found", [],
+        "No product has that id.";
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND", 404, "Order not found", [],
+        "No order of yours has that id (another user's order answers exactly like a missing one).";
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND", 404, "Payment not found", [],
+        "No payment of yours has that id (another user's payment answers exactly like a missing one).";
+    NOT_FOUND = "NOT_FOUND", 404, "Not found", [],
+        "No route has this path (or the admin routes are disabled because ADMIN_TOKEN is unset).";
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED", 405, "Method not allowed", [],
+        "The path exists but not with this HTTP method.";
+    BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED", 409, "Balance limit exceeded", ["balance", "max_balance"],
+        "The balance after this charge or refund would pass the cap of 1,000,000 points. `balance` is the balance now, `max_balance` the cap; nothing changed.";
+    OUT_OF_STOCK = "OUT_OF_STOCK", 409, "Out of stock", ["available", "requested"],
+        "The product has fewer units available than requested. `available` is how many can still be ordered, `requested` how many were asked for; nothing changed.";
+    PRICE_MISMATCH = "PRICE_MISMATCH", 409, "Price mismatch", ["current_price"],
+        "The price in the order is not the product's current price (`current_price`). Show the buyer the new price and order again.";
+    INSUFFICIENT_POINTS = "INSUFFICIENT_POINTS", 409, "Insufficient points", ["balance", "required"],
+        "The balance does not cover the order's total. `balance` is what the user has, `required` the total; charge points and pay again, the order stays PENDING.";
+    ORDER_NOT_PAYABLE = "ORDER_NOT_PAYABLE", 409, "Order not payable", [],
+        "Only a PENDING order whose reservation has not expired can be paid; this one is PAID, CANCELLED, EXPIRED or REFUNDED.";
+    ORDER_NOT_CANCELLABLE = "ORDER_NOT_CANCELLABLE", 409, "Order not cancellable", [],
+        "Only a PENDING order can be cancelled.";
+    ORDER_NOT_REFUNDABLE = "ORDER_NOT_REFUNDABLE", 409, "Order not refundable", [],
+        "Only a PAID order can be refunded, within REFUND_WINDOW_SECS of its payment.";
+    IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS", 409, "Idempotency key in progress", [],
+        "Another request with the same Idempotency-Key is still running and did not finish while this one waited. Retry with the same key shortly: it will replay that request's answer.";
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE", 413, "Payload too large", [],
+        "The request body is over 64 KiB.";
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED", 422, "Idempotency key reused", [],
+        "This Idempotency-Key was already used, within 24 h, with a different request. Use a new key for a new request.";
+    RATE_LIMITED = "RATE_LIMITED", 429, "Rate limited", ["retry_after"],
+        "Too many requests from this client or user. Wait `retry_after` seconds (also in the Retry-After header).";
+    DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE", 503, "Dependency unavailable", [],
+        "MySQL (or Redis where nothing can stand in for it) is unavailable, or the request ran past REQUEST_TIMEOUT_MS. Nothing was half done; retry, with the same Idempotency-Key for a write.";
+    INTERNAL = "INTERNAL", 500, "Internal error", [],
+        "The server failed in a way it did not expect. Nothing internal is shown; the request id finds it in the logs.";
+}
+
+/// The code behind a `type` URI's last segment.
+pub fn code_by_slug(slug: &str) -> Option<&'static CodeDoc> {
+    CODES.iter().find(|c| c.slug() == slug)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,8 +133,8 @@ pub enum AppError {
     NotFound(String),
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
-    #[error("the balance after this charge would exceed {max}")]
-    BalanceLimitExceeded { max: i64 },
+    #[error("the balance {balance} would pass {max_balance}")]
+    BalanceLimitExceeded { balance: i64, max_balance: i64 },
     #[error("only {available} left, {requested} requested")]
     OutOfStock { available: i64, requested: i64 },
     #[error("the price is now {current}, not {seen}")]
@@ -44,6 +145,8 @@ pub enum AppError {
     OrderNotPayable(&'static str),
     #[error("the order is {0} and cannot be cancelled")]
     OrderNotCancellable(&'static str),
+    #[error("{0}")]
+    OrderNotRefundable(String),
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInProgress,
     #[error("the request body is larger than {0} bytes")]
@@ -62,131 +165,205 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
-impl AppError {
-    /// A copy for each request that waited on one shared load: the variants that carry
-    /// only data are copied, any other becomes an internal error with the same message.
-    pub fn duplicate(&self) -> AppError {
-        match self {
-            Self::ProductNotFound => Self::ProductNotFound,
-            Self::Validation(m) => Self::Validation(m.clone()),
-            Self::DependencyUnavailable(m) => Self::DependencyUnavailable(m.clone()),
-            Self::Database(e) if is_unavailable(e) => {
-                Self::DependencyUnavailable("the database".into())
-            }
-            other => Self::Internal(anyhow::anyhow!("{other}")),
-        }
+impl db::Retry for AppError {
+    fn retryable(&self) -> bool {
+        matches!(self, AppError::Database(e) if db::is_retryable(e))
     }
 }
 
-/// An RFC 9457 problem document; `code` is the stable identifier of SPEC §4.
-#[derive(Debug, Serialize, Deserialize, Clone, utoipa::ToSchema)]
+impl AppError {
+    /// A copy for each request that waited on one shared piece of work (a cache load, a
+    /// batch): data-only variants are copied, any other becomes an internal error with the
+    /// same message (an unavailable database stays "unavailable").
+    pub fn duplicate(&self) -> AppError {
+        use AppError::*;
+        match self {
+            Validation(m) => Validation(m.clone()),
+            UserNotFound => UserNotFound,
+            ProductNotFound => ProductNotFound,
+            OrderNotFound => OrderNotFound,
+            OutOfStock {
+                available,
+                requested,
+            } => OutOfStock {
+                available: *available,
+                requested: *requested,
+            },
+            IdempotencyInProgress => IdempotencyInProgress,
+            DependencyUnavailable(m) => DependencyUnavailable(m.clone()),
+            Database(e) if db::is_unavailable(e) => DependencyUnavailable("mysql".into()),
+            other => Internal(anyhow::anyhow!("{other}")),
+        }
+    }
+
+    /// Whether a client caused this (4xx), as opposed to the infrastructure (5xx).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    pub fn code(&self) -> &'static CodeDoc {
+        use AppError::*;
+        match self {
+            Validation(_) | UnsupportedMediaType(_) => &code::VALIDATION_FAILED,
+            InvalidAmount(_) => &code::INVALID_AMOUNT,
+            Unauthorized => &code::UNAUTHORIZED,
+            Forbidden => &code::FORBIDDEN,
+            UserNotFound => &code::USER_NOT_FOUND,
+            ProductNotFound => &code::PRODUCT_NOT_FOUND,
+            OrderNotFound => &code::ORDER_NOT_FOUND,
+            PaymentNotFound => &code::PAYMENT_NOT_FOUND,
+            NotFound(_) => &code::NOT_FOUND,
+            MethodNotAllowed => &code::METHOD_NOT_ALLOWED,
+            BalanceLimitExceeded { .. } => &code::BALANCE_LIMIT_EXCEEDED,
+            OutOfStock { .. } => &code::OUT_OF_STOCK,
+            PriceMismatch { .. } => &code::PRICE_MISMATCH,
+            InsufficientPoints { .. } => &code::INSUFFICIENT_POINTS,
+            OrderNotPayable(_) => &code::ORDER_NOT_PAYABLE,
+            OrderNotCancellable(_) => &code::ORDER_NOT_CANCELLABLE,
+            OrderNotRefundable(_) => &code::ORDER_NOT_REFUNDABLE,
+            IdempotencyInProgress => &code::IDEMPOTENCY_IN_PROGRESS,
+            PayloadTooLarge(_) => &code::PAYLOAD_TOO_LARGE,
+            IdempotencyKeyReused => &code::IDEMPOTENCY_KEY_REUSED,
+            RateLimited { .. } => &code::RATE_LIMITED,
+            DependencyUnavailable(_) | Timeout(_) => &code::DEPENDENCY_UNAVAILABLE,
+            Database(e) if db::is_unavailable(e) => &code::DEPENDENCY_UNAVAILABLE,
+            Database(_) | Internal(_) => &code::INTERNAL,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            other => StatusCode::from_u16(other.code().status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// The problem document the client sees (without `request_id`, which belongs to the
+    /// response that carries it). Internal details stay in the log.
+    pub fn problem(&self) -> Problem {
+        use AppError::*;
+        let code = self.code();
+        let detail = match self {
+            Database(e) if db::is_unavailable(e) => "the database is unavailable".to_string(),
+            Database(_) | Internal(_) => "the server could not complete the request".to_string(),
+            other => other.to_string(),
+        };
+        let mut problem = Problem {
+            kind: code.type_uri(),
+            title: code.title.to_string(),
+            status: self.status().as_u16(),
+            code: code.code.to_string(),
+            detail,
+            request_id: None,
+            available: None,
+            requested: None,
+            balance: None,
+            required: None,
+            max_balance: None,
+            current_price: None,
+            retry_after: None,
+        };
+        match *self {
+            OutOfStock {
+                available,
+                requested,
+            } => {
+                problem.available = Some(available.max(0));
+                problem.requested = Some(requested);
+            }
+            InsufficientPoints { balance, required } => {
+                problem.balance = Some(balance);
+                problem.required = Some(required);
+            }
+            BalanceLimitExceeded {
+                balance,
+                max_balance,
+            } => {
+                problem.balance = Some(balance);
+                problem.max_balance = Some(max_balance);
+            }
+            PriceMismatch { current, .. } => problem.current_price = Some(current),
+            RateLimited { retry_after_secs } => problem.retry_after = Some(retry_after_secs),
+            _ => {}
+        }
+        problem
+    }
+}
+
+/// An RFC 9457 problem document. `code` is the stable identifier of SPEC §4, `type` a path
+/// on this service whose page explains it; the numbers a client acts on are members.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
 pub struct Problem {
+    /// Resolves on this service to a short HTML page about the code.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/out-of-stock")]
     pub kind: String,
     pub title: String,
     pub status: u16,
+    #[schema(example = "OUT_OF_STOCK")]
     pub code: String,
     pub detail: String,
-}
-
-impl AppError {
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use AppError::*;
-        match self {
-            Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
-            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "VALIDATION_FAILED"),
-            InvalidAmount(_) => (StatusCode::BAD_REQUEST, "INVALID_AMOUNT"),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
-            UserNotFound => (StatusCode::NOT_FOUND, "USER_NOT_FOUND"),
-            ProductNotFound => (StatusCode::NOT_FOUND, "PRODUCT_NOT_FOUND"),
-            OrderNotFound => (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"),
-            PaymentNotFound => (StatusCode::NOT_FOUND, "PAYMENT_NOT_FOUND"),
-            NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            BalanceLimitExceeded { .. } => (StatusCode::CONFLICT, "BALANCE_LIMIT_EXCEEDED"),
-            OutOfStock { .. } => (StatusCode::CONFLICT, "OUT_OF_STOCK"),
-            PriceMismatch { .. } => (StatusCode::CONFLICT, "PRICE_MISMATCH"),
-            InsufficientPoints { .. } => (StatusCode::CONFLICT, "INSUFFICIENT_POINTS"),
-            OrderNotPayable(_) => (StatusCode::CONFLICT, "ORDER_NOT_PAYABLE"),
-            OrderNotCancellable(_) => (StatusCode::CONFLICT, "ORDER_NOT_CANCELLABLE"),
-            IdempotencyInProgress => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_PROGRESS"),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
-            IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
-            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
-            DependencyUnavailable(_) | Timeout(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
-            }
-            Database(e) if is_unavailable(e) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
-            }
-            Database(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-        }
-    }
-
-    /// The problem document the client sees. Internal details stay in the log.
-    pub fn problem(&self) -> Problem {
-        let (status, code) = self.status_and_code();
-        let detail = match self {
-            AppError::Database(e) if is_unavailable(e) => "the database is unavailable".to_string(),
-            AppError::Database(_) | AppError::Internal(_) => {
-                "the server could not complete the request".to_string()
-            }
-            other => other.to_string(),
-        };
-        Problem {
-            kind: format!("/problems/{}", code.to_ascii_lowercase().replace('_', "-")),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            code: code.to_string(),
-            detail,
-        }
-    }
-}
-
-/// Connection-level failures: the database is away, not the request at fault.
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    /// ER_CON_COUNT_ERROR: the server has no connection left for us.
-    const TOO_MANY_CONNECTIONS: u16 = 1040;
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-    ) || crate::db::mysql_error_number(e) == Some(TOO_MANY_CONNECTIONS)
+    /// The `x-request-id` of the response that carries this problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// OUT_OF_STOCK: units that can still be ordered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    /// OUT_OF_STOCK: units asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<i64>,
+    /// INSUFFICIENT_POINTS, BALANCE_LIMIT_EXCEEDED: the balance now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// INSUFFICIENT_POINTS: the order's total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<i64>,
+    /// BALANCE_LIMIT_EXCEEDED: the cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_balance: Option<i64>,
+    /// PRICE_MISMATCH: the product's price now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_price: Option<i64>,
+    /// RATE_LIMITED: seconds to wait (as in Retry-After).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Builds a problem response from a status and an already serialised problem body.
-pub fn problem_response(status: StatusCode, body: String) -> Response {
+tokio::task_local! {
+    /// The request id of the request being served (set by the request-id middleware), so
+    /// that every problem carries it.
+    pub static REQUEST_ID: String;
+}
+
+/// The id of the request this task serves, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// A problem response: the document with this request's id, and its headers.
+pub fn problem_response(status: StatusCode, mut problem: Problem) -> Response {
+    problem.request_id = current_request_id();
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if let Some(seconds) = problem.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, _) = self.status_and_code();
         match &self {
             AppError::Database(e) => tracing::error!(error = %e, "database error"),
             AppError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
-        let mut response = (status, Json(self.problem())).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let AppError::RateLimited { retry_after_secs } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        }
-        response
+        problem_response(self.status(), self.problem())
     }
 }
 
@@ -203,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn problem_type_is_derived_from_the_code() {
+    fn problem_type_and_title_come_from_the_code_table() {
         let p = AppError::OutOfStock {
             available: 0,
             requested: 1,
@@ -211,6 +388,59 @@ mod tests {
         .problem();
         assert_eq!(p.code, "OUT_OF_STOCK");
         assert_eq!(p.kind, "/problems/out-of-stock");
+        assert_eq!(p.title, "Out of stock");
         assert_eq!(p.status, 409);
+        assert_eq!((p.available, p.requested), (Some(0), Some(1)));
+    }
+
+    #[test]
+    fn every_code_has_a_unique_slug_and_a_page() {
+        let mut slugs: Vec<String> = CODES.iter().map(CodeDoc::slug).collect();
+        slugs.sort();
+        slugs.dedup();
+        assert_eq!(slugs.len(), CODES.len());
+        for c in CODES {
+            assert_eq!(code_by_slug(&c.slug()), Some(c));
+        }
+    }
+
+    #[test]
+    fn members_named_in_the_table_are_the_members_set() {
+        let cases = [
+            AppError::OutOfStock {
+                available: 2,
+                requested: 3,
+            },
+            AppError::InsufficientPoints {
+                balance: 1,
+                required: 2,
+            },
+            AppError::BalanceLimitExceeded {
+                balance: 999_999,
+                max_balance: 1_000_000,
+            },
+            AppError::PriceMismatch {
+                seen: 1,
+                current: 2,
+            },
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            },
+        ];
+        for e in cases {
+            let json = serde_json::to_value(e.problem()).unwrap();
+            let extra: Vec<&str> = json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !["type", "title", "status", "code", "detail"].contains(k))
+                .collect();
+            let mut expected = e.code().members.to_vec();
+            expected.sort();
+            let mut extra = extra;
+            extra.sort();
+            assert_eq!(extra, expected, "{}", e.code().code);
+        }
     }
 }

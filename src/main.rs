@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
     tracing::info!(addr = %config.bind_addr, "listening");
-    let state = AppState::new(config, pool, Some(metrics))?;
+    let state = AppState::new(config, pool, Some(metrics)).await?;
     spawn_background(&state);
     serve(listener, build_app(state), shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -23,12 +23,23 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Installs the process-wide metrics recorder (once per process) and registers the
-/// counters that only move on rare events at zero, so dashboards show 0, not "no data".
+/// Batch sizes of the checkout (requests per transaction).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// How often recorded histogram samples are folded into their buckets. The exporter keeps
+/// every sample until then (or until a scrape): without this, memory grows with every
+/// request while nobody scrapes `/metrics`.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide metrics recorder (once per process), starts its upkeep, and
+/// registers the counters that only move on rare events at zero, so dashboards show 0,
+/// not "no data".
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("checkout_batch_size".into()), BATCH_BUCKETS)?
         .install_recorder()?;
+    spawn_upkeep(handle.clone(), UPKEEP_EVERY);
     for name in [
         "orders_expired_total",
         "db_transaction_retries_total",
@@ -52,6 +63,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     for outcome in [
         "reserved",
         "sold_out",
+        "sold_out_local",
         "mysql_fallback",
         "released",
         "expired",
@@ -60,6 +72,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     ] {
         metrics::counter!("stock_reservations_total", "outcome" => outcome).absolute(0);
     }
+    for (metric, outcome) in [
+        ("orders_total", "placed"),
+        ("orders_total", "OUT_OF_STOCK"),
+        ("payments_total", "completed"),
+        ("payments_total", "INSUFFICIENT_POINTS"),
+    ] {
+        metrics::counter!(metric, "outcome" => outcome).absolute(0);
+    }
     for cache in ["product", "page", "top"] {
         for (layer, result) in [("l1", "hit"), ("l1", "miss"), ("l2", "hit"), ("l2", "miss")] {
             metrics::counter!("cache_requests_total", "cache" => cache, "layer" => layer, "result" => result)
@@ -67,6 +87,20 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         }
     }
     Ok(handle)
+}
+
+/// Folds recorded samples into their histograms every `every`, on a thread of its own (the
+/// recorder is process-wide; the tests' runtimes come and go).
+fn spawn_upkeep(handle: PrometheusHandle, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "the metrics upkeep thread did not start");
+    }
 }
 
 /// How often the pool and outbox gauges are refreshed.

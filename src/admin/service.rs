@@ -1,68 +1,87 @@
-//! Admin use cases: create users and products, change a product.
+//! Admin use cases: create users and products, change a product, mint demo tokens. Every
+//! write runs at most once per Idempotency-Key, like the user writes.
 
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::{
-    catalog::{
-        cache::Changed,
-        service::{detail, Catalog, ProductDetail},
-    },
+    catalog::{cache::Changed, domain::ProductDetail, service::Catalog},
     db,
     error::AppError,
+    idempotency::{self, Claim, Outcome},
 };
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: i64,
     pub name: String,
     pub balance: i64,
 }
 
-pub async fn create_user(pool: &MySqlPool, name: String) -> Result<UserView, AppError> {
-    let id = sqlx::query("INSERT INTO users (name, balance, created_at) VALUES (?, 0, ?)")
-        .bind(&name)
-        .bind(db::now())
-        .execute(pool)
-        .await?
-        .last_insert_id();
-    Ok(UserView {
-        id: i64::try_from(id).map_err(anyhow::Error::from)?,
-        name,
-        balance: 0,
+pub async fn create_user(
+    pool: &MySqlPool,
+    name: String,
+    claim: Option<&Claim>,
+) -> Result<Outcome<UserView, ()>, AppError> {
+    idempotency::run(pool, claim, |tx| {
+        let name = name.clone();
+        Box::pin(async move {
+            let id = sqlx::query("INSERT INTO users (name, balance, created_at) VALUES (?, 0, ?)")
+                .bind(&name)
+                .bind(db::now())
+                .execute(&mut *tx)
+                .await?
+                .last_insert_id();
+            let id = i64::try_from(id).map_err(anyhow::Error::from)?;
+            Ok((
+                UserView {
+                    id,
+                    name,
+                    balance: 0,
+                },
+                (),
+            ))
+        })
     })
+    .await
 }
 
 pub async fn create_product(
     catalog: &Catalog,
+    pool: &MySqlPool,
     name: String,
     price: i64,
     stock: i64,
-) -> Result<ProductDetail, AppError> {
-    let now = db::now();
-    let id = sqlx::query(
-        "INSERT INTO products (name, price, stock, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&name)
-    .bind(price)
-    .bind(stock)
-    .bind(now)
-    .bind(now)
-    .execute(&catalog.db)
-    .await?
-    .last_insert_id();
-    catalog.cache.invalidate(Changed::Pages).await;
-    Ok(ProductDetail {
-        id: i64::try_from(id).map_err(anyhow::Error::from)?,
-        name,
-        price,
-        stock,
-        sold: 0,
+    claim: Option<&Claim>,
+) -> Result<Outcome<ProductDetail, ()>, AppError> {
+    let outcome = idempotency::run(pool, claim, |tx| {
+        let name = name.clone();
+        Box::pin(async move {
+            let now = db::now();
+            let id = sqlx::query(
+                "INSERT INTO products (name, price, stock, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&name)
+            .bind(price)
+            .bind(stock)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_id();
+            let id = i64::try_from(id).map_err(anyhow::Error::from)?;
+            Ok((ProductDetail { id, name, price, stock, sold: 0 }, ()))
+        })
     })
+    .await?;
+    if let Outcome::Done(..) = outcome {
+        catalog.changed(Changed::Pages).await;
+    }
+    Ok(outcome)
 }
 
 /// Fields to change; `stock` is the new available quantity (unsold and unreserved).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct ProductChange {
     pub name: Option<String>,
     pub price: Option<i64>,
@@ -74,31 +93,36 @@ pub struct ProductChange {
 /// that holds the product, in this instance and the others.
 pub async fn update_product(
     catalog: &Catalog,
+    pool: &MySqlPool,
     id: i64,
     change: ProductChange,
-) -> Result<ProductDetail, AppError> {
+    claim: Option<&Claim>,
+) -> Result<Outcome<ProductDetail, ()>, AppError> {
     let stock_changed = change.stock.is_some();
-    db::transact(&catalog.db, None, |tx| {
-        Box::pin(update_in(tx, id, change.clone()))
+    let outcome = idempotency::run(pool, claim, |tx| {
+        let change = change.clone();
+        Box::pin(async move { Ok((update_in(tx, id, change).await?, ())) })
     })
     .await?;
-    if stock_changed && catalog.stock.enabled() {
-        if let Err(e) = catalog.stock.sync(&[id]).await {
-            tracing::warn!(product_id = id, error = %e, "stock not synced to Redis; the reconciler will");
+    if let Outcome::Done(..) = outcome {
+        if stock_changed {
+            if let Err(e) = catalog.stock.sync(&[id]).await {
+                tracing::warn!(product_id = id, error = %e, "stock not synced to Redis; the reconciler will");
+            }
         }
+        catalog.changed(Changed::Product(id)).await;
     }
-    catalog.cache.invalidate(Changed::Product(id)).await;
-    detail(catalog, id).await
+    Ok(outcome)
 }
 
 async fn update_in(
     tx: &mut MySqlConnection,
     id: i64,
     change: ProductChange,
-) -> Result<(), AppError> {
+) -> Result<ProductDetail, AppError> {
     // One statement under the row lock: reserved units stay reserved, so the unsold stock
     // becomes the new available quantity plus what PENDING orders hold.
-    let changed = sqlx::query(
+    sqlx::query(
         "UPDATE products SET name = COALESCE(?, name), price = COALESCE(?, price), \
          stock = COALESCE(reserved + ?, stock), updated_at = ? WHERE id = ?",
     )
@@ -108,14 +132,13 @@ async fn update_in(
     .bind(db::now())
     .bind(id)
     .execute(&mut *tx)
+    .await?;
+    // The product as committed (the answer, and the one replayed for the same key).
+    sqlx::query_as(
+        "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
     .await?
-    .rows_affected();
-    if changed == 0 {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        found.ok_or(AppError::ProductNotFound)?;
-    }
-    Ok(())
+    .ok_or(AppError::ProductNotFound)
 }

@@ -1,13 +1,15 @@
-//! The `Caller` and `Admin` extractors.
+//! The `Caller` and `Admin` extractors. Generic over the router's state: they need only
+//! [`Auth`], which the state hands out by `FromRef`.
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{FromRef, FromRequestParts},
     http::{header::AUTHORIZATION, request::Parts, HeaderMap},
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{app::AppState, error::AppError};
+use super::Auth;
+use crate::error::AppError;
 
 /// The user a request acts for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,15 +54,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Auth: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        if state.tokens.disabled() {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let auth = Auth::from_ref(state);
+        if auth.tokens.disabled() {
             return Ok(Caller::Anyone);
         }
         let token = bearer(&parts.headers).ok_or(AppError::Unauthorized)?;
-        state.tokens.verify(token).map(Caller::User)
+        auth.tokens.verify(token).map(Caller::User)
     }
 }
 
@@ -68,12 +75,16 @@ impl FromRequestParts<AppState> for Caller {
 /// routes answer 404, as if they did not exist.
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    Auth: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let expected = state
-            .config
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let auth = Auth::from_ref(state);
+        let expected = auth
             .admin_token
             .as_deref()
             .ok_or_else(|| AppError::NotFound("no such route".into()))?;

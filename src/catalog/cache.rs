@@ -1,37 +1,39 @@
 //! Catalog caches: Moka in this process (L1, bounded, short TTL) over Redis (L2, shared by
-//! every instance) over MySQL. Concurrent misses of one key load it once (`try_get_with`).
+//! every instance) over MySQL (or its replica). Concurrent misses of one key load it once
+//! (`try_get_with`).
+//!
+//! - Product rows: L1 `rows`; L2 `<prefix>{p<id>}:row`, in the stock hash's slot, so a
+//!   detail reads the row and the live counter in one round trip even on an L1 miss.
+//! - Listing pages and the best sellers: kept as the JSON bytes they are sent as, with
+//!   their ETag ([`Tagged`]); pages also in the L2 hash `<prefix>cache:pages`.
+//! - The page index: every product id in order (8 bytes a product, L1 only), so that any
+//!   page is one primary-key range read instead of an OFFSET scan and a COUNT(*).
 //!
 //! Coherence: a write that changes a product deletes its L2 entries, evicts this instance's
 //! L1 entries, and publishes on `<prefix>events:invalidate`; every instance listening there
 //! evicts the same L1 entries. A listener that lost its subscription drops its whole L1 on
 //! reconnect (it may have missed messages). The write repeats the L2 delete and the message
 //! shortly after, for a reader that loaded the old row just before the write committed.
-//!
-//! What is cached is what changes only through those writes (names, prices, pages). Live
-//! stock and sold on a detail come from the stock gate, not from here.
 
-use std::{future::Future, hash::Hash, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::body::Bytes;
-use futures_util::StreamExt;
 use moka::future::Cache;
-use serde::{de::DeserializeOwned, Serialize};
+use redis::PushKind;
 
-use super::service::{ProductDetail, ProductPage, TopSellers};
-use crate::{error::AppError, redis_store::RedisStore};
+use super::domain::ProductDetail;
+use crate::{error::AppError, http::caching::Tagged, redis_store::RedisStore, stock::StockGate};
 
 /// L1 lifetimes: the bound on staleness when an invalidation message is lost (and, for
 /// pages, on the age of the `stock` they show).
-const PRODUCT_TTL: Duration = Duration::from_secs(10);
-const PAGE_TTL: Duration = Duration::from_secs(3);
-const TOP_TTL: Duration = Duration::from_secs(2);
-/// The page index: every product id in order (8 bytes a product), so that any page is one
-/// primary-key range read instead of an OFFSET scan and a COUNT(*).
+const ROW_TTL: Duration = Duration::from_secs(10);
+pub const PAGE_TTL: Duration = Duration::from_secs(3);
+pub const TOP_TTL: Duration = Duration::from_secs(2);
 const INDEX_TTL: Duration = Duration::from_secs(60);
 /// L2 lifetimes. Pages carry each product's available stock as of the load, so they live
-/// briefly; a detail's static part lives until a write invalidates it.
-const PRODUCT_L2_SECS: u64 = 60;
-const PAGES_L2_SECS: u64 = 2;
+/// briefly; a row lives until a write invalidates it.
+const ROW_L2_SECS: u64 = 60;
+pub const PAGES_L2_SECS: u64 = 2;
 /// The second, delayed invalidation of a write.
 const REPEAT_AFTER: Duration = Duration::from_millis(500);
 const CHANNEL: &str = "events:invalidate";
@@ -39,9 +41,10 @@ const CHANNEL: &str = "events:invalidate";
 #[derive(Clone)]
 pub struct CatalogCache {
     redis: RedisStore,
-    products: Cache<i64, Arc<ProductDetail>>,
-    pages: Cache<i64, Bytes>,
-    top: Cache<i64, Arc<TopSellers>>,
+    stock: StockGate,
+    rows: Cache<i64, Arc<ProductDetail>>,
+    pages: Cache<i64, Tagged>,
+    top: Cache<i64, Tagged>,
     index: Cache<(), Arc<Vec<i64>>>,
 }
 
@@ -75,12 +78,13 @@ impl Changed {
 }
 
 impl CatalogCache {
-    pub fn new(redis: RedisStore) -> Self {
+    pub fn new(redis: RedisStore, stock: StockGate) -> Self {
         Self {
             redis,
-            products: Cache::builder()
+            stock,
+            rows: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(PRODUCT_TTL)
+                .time_to_live(ROW_TTL)
                 .build(),
             pages: Cache::builder()
                 .max_capacity(10_000)
@@ -94,30 +98,99 @@ impl CatalogCache {
         }
     }
 
-    fn product_key(&self, id: i64) -> String {
-        self.redis.key(&format!("cache:product:{id}"))
+    /// The L2 key of a product's row: next to its stock hash, in the same slot.
+    pub fn row_key(&self, id: i64) -> String {
+        format!("{}:row", self.stock.product_key(id))
     }
 
     fn pages_key(&self) -> String {
         self.redis.key("cache:pages")
     }
 
-    /// A product's cached row (name, price; stock and sold as of the load).
-    pub async fn product<F>(&self, id: i64, load: F) -> Result<Arc<ProductDetail>, AppError>
+    /// A product's row from L1, if there.
+    pub async fn cached_row(&self, id: i64) -> Option<Arc<ProductDetail>> {
+        let hit = self.rows.get(&id).await;
+        count("product", "l1", if hit.is_some() { "hit" } else { "miss" });
+        hit
+    }
+
+    /// A product's row after an L1 miss: from `l2` (the row key's value, read by the
+    /// caller together with the live counter), else from `load` (once for concurrent
+    /// misses), written back to L2 without waiting.
+    pub async fn row<F>(
+        &self,
+        id: i64,
+        l2: Option<Vec<u8>>,
+        load: F,
+    ) -> Result<Arc<ProductDetail>, AppError>
     where
         F: Future<Output = Result<ProductDetail, AppError>>,
     {
-        let l2 = L2::Key(self.product_key(id), PRODUCT_L2_SECS);
-        layered(&self.redis, "product", &self.products, id, l2, load).await
+        if let Some(row) = l2.and_then(|json| serde_json::from_slice::<ProductDetail>(&json).ok()) {
+            count("product", "l2", "hit");
+            let row = Arc::new(row);
+            self.rows.insert(id, row.clone()).await;
+            return Ok(row);
+        }
+        count("product", "l2", "miss");
+        self.rows
+            .try_get_with(id, async {
+                let row = load.await?;
+                if let Ok(json) = serde_json::to_vec(&row) {
+                    let (redis, key) = (self.redis.clone(), self.row_key(id));
+                    tokio::spawn(async move {
+                        let mut set = redis::cmd("SET");
+                        set.arg(key).arg(json).arg("EX").arg(ROW_L2_SECS);
+                        let _ = redis.cmd::<()>(&set).await;
+                    });
+                }
+                Ok::<_, AppError>(Arc::new(row))
+            })
+            .await
+            .map_err(unshare)
     }
 
-    /// A listing page, as the JSON to send.
-    pub async fn page<F>(&self, page: i64, load: F) -> Result<Bytes, AppError>
+    /// A listing page, as the JSON to send and its tag.
+    pub async fn page<F>(&self, page: i64, load: F) -> Result<Tagged, AppError>
     where
-        F: Future<Output = Result<ProductPage, AppError>>,
+        F: Future<Output = Result<Bytes, AppError>>,
     {
-        let l2 = L2::Field(self.pages_key(), page.to_string(), PAGES_L2_SECS);
-        layered(&self.redis, "page", &self.pages, page, l2, load).await
+        if let Some(hit) = self.pages.get(&page).await {
+            count("page", "l1", "hit");
+            return Ok(hit);
+        }
+        count("page", "l1", "miss");
+        let (key, field) = (self.pages_key(), page.to_string());
+        self.pages
+            .try_get_with(page, async {
+                let cached: Option<Vec<u8>> = self
+                    .redis
+                    .cmd(redis::cmd("HGET").arg(&key).arg(&field))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(json) = cached {
+                    count("page", "l2", "hit");
+                    return Ok(Tagged::new(json));
+                }
+                count("page", "l2", "miss");
+                let json = load.await?;
+                let mut pipe = redis::pipe();
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(json.as_ref())
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(PAGES_L2_SECS)
+                    .arg("NX")
+                    .ignore();
+                let _ = self.redis.pipe::<()>(&pipe).await;
+                Ok::<_, AppError>(Tagged::new(json))
+            })
+            .await
+            .map_err(unshare)
     }
 
     /// Every product id, ascending (L1 only, one load at a time).
@@ -131,10 +204,10 @@ impl CatalogCache {
             .map_err(unshare)
     }
 
-    /// The best sellers of a window (L1 only: computed from Redis sorted sets).
-    pub async fn top<F>(&self, days: i64, load: F) -> Result<Arc<TopSellers>, AppError>
+    /// The best sellers of a window as JSON (L1 only: computed from Redis sorted sets).
+    pub async fn top<F>(&self, days: i64, load: F) -> Result<Tagged, AppError>
     where
-        F: Future<Output = Result<TopSellers, AppError>>,
+        F: Future<Output = Result<Bytes, AppError>>,
     {
         if let Some(hit) = self.top.get(&days).await {
             count("top", "l1", "hit");
@@ -142,7 +215,7 @@ impl CatalogCache {
         }
         count("top", "l1", "miss");
         self.top
-            .try_get_with(days, async { load.await.map(Arc::new) })
+            .try_get_with(days, async { load.await.map(Tagged::new) })
             .await
             .map_err(unshare)
     }
@@ -157,25 +230,42 @@ impl CatalogCache {
         });
     }
 
+    /// The ranking shows names and prices: a changed product changes it too.
+    pub fn evict_top(&self) {
+        self.top.invalidate_all();
+    }
+
     async fn invalidate_once(&self, changed: Changed) {
         self.evict_local(changed).await;
-        let mut pipe = redis::pipe();
-        if let Changed::Product(id) = changed {
-            pipe.cmd("DEL").arg(self.product_key(id)).ignore();
-        }
-        pipe.cmd("DEL").arg(self.pages_key()).ignore();
-        pipe.cmd("PUBLISH")
-            .arg(self.redis.key(CHANNEL))
-            .arg(changed.encode())
-            .ignore();
-        if let Err(e) = self.redis.pipe::<()>(&pipe).await {
-            tracing::warn!(error = %e, ?changed, "invalidation not published; other instances catch up within the L1 TTL");
+        // Separate commands: the keys live in different slots of a cluster.
+        let row = async {
+            if let Changed::Product(id) = changed {
+                self.redis
+                    .cmd::<()>(redis::cmd("DEL").arg(self.row_key(id)))
+                    .await
+            } else {
+                Ok(())
+            }
+        };
+        let mut del_pages = redis::cmd("DEL");
+        del_pages.arg(self.pages_key());
+        let pages = self.redis.cmd::<()>(&del_pages);
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.redis.key(CHANNEL)).arg(changed.encode());
+        let publish = self.redis.cmd::<i64>(&publish);
+        let (row, pages, publish) = tokio::join!(row, pages, publish);
+        if row.is_err() || pages.is_err() || publish.is_err() {
+            tracing::warn!(
+                ?changed,
+                "invalidation not published; other instances catch up within the L1 TTL"
+            );
         }
     }
 
     async fn evict_local(&self, changed: Changed) {
         if let Changed::Product(id) = changed {
-            self.products.invalidate(&id).await;
+            self.rows.invalidate(&id).await;
+            self.top.invalidate_all();
         } else {
             self.index.invalidate_all();
         }
@@ -184,7 +274,7 @@ impl CatalogCache {
 
     fn evict_all(&self) {
         self.index.invalidate_all();
-        self.products.invalidate_all();
+        self.rows.invalidate_all();
         self.pages.invalidate_all();
         self.top.invalidate_all();
     }
@@ -193,127 +283,38 @@ impl CatalogCache {
     /// after a lost connection.
     pub fn spawn_listener(&self) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
+        let channel = self.redis.key(CHANNEL);
         tokio::spawn(async move {
             loop {
-                if let Err(e) = cache.listen().await {
-                    tracing::debug!(error = %e, "invalidation listener lost its subscription");
+                match cache.redis.subscribe(std::slice::from_ref(&channel)).await {
+                    Ok(mut pushes) => {
+                        // Messages sent while nobody listened are lost: start from an empty L1.
+                        cache.evict_all();
+                        while let Some(push) = pushes.recv().await {
+                            match push.kind {
+                                PushKind::Message => {
+                                    let payload = push.data.last().and_then(|v| {
+                                        redis::from_redis_value::<String>(v.clone()).ok()
+                                    });
+                                    match payload.as_deref().and_then(Changed::decode) {
+                                        Some(changed) => cache.evict_local(changed).await,
+                                        None => cache.evict_all(),
+                                    }
+                                }
+                                PushKind::Disconnection | PushKind::Subscribe => cache.evict_all(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "invalidation listener not subscribed")
+                    }
                 }
+                cache.evict_all();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     }
-
-    async fn listen(&self) -> redis::RedisResult<()> {
-        let connect = self.redis.client().get_async_pubsub();
-        let mut pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
-        pubsub.subscribe(self.redis.key(CHANNEL)).await?;
-        // Messages sent while nobody listened are lost: start from an empty L1.
-        self.evict_all();
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            let payload: String = message.get_payload()?;
-            match Changed::decode(&payload) {
-                Some(changed) => self.evict_local(changed).await,
-                None => self.evict_all(),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where a value lives in Redis: its own key, or a field of a hash that expires whole.
-enum L2 {
-    Key(String, u64),
-    Field(String, String, u64),
-}
-
-/// How a value is kept in L1, given its JSON in L2 or its freshly loaded form.
-trait Cached: Clone + Send + Sync + 'static {
-    type Loaded;
-    fn from_l2(json: Vec<u8>) -> Option<Self>;
-    /// The L1 value and the JSON for L2.
-    fn from_loaded(value: Self::Loaded) -> Result<(Self, Vec<u8>), AppError>;
-}
-
-/// A value read field by field (a product: its figures are replaced by live ones).
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Cached for Arc<T> {
-    type Loaded = T;
-    fn from_l2(json: Vec<u8>) -> Option<Self> {
-        serde_json::from_slice(&json).ok().map(Arc::new)
-    }
-    fn from_loaded(value: T) -> Result<(Self, Vec<u8>), AppError> {
-        let json = serde_json::to_vec(&value).map_err(anyhow::Error::from)?;
-        Ok((Arc::new(value), json))
-    }
-}
-
-/// A value served as is (a listing page): kept as its JSON, never serialised twice.
-/// Profiling random pages showed JSON serialisation as the first user-space cost.
-impl Cached for Bytes {
-    type Loaded = ProductPage;
-    fn from_l2(json: Vec<u8>) -> Option<Self> {
-        Some(Bytes::from(json))
-    }
-    fn from_loaded(page: ProductPage) -> Result<(Self, Vec<u8>), AppError> {
-        let json = serde_json::to_vec(&page).map_err(anyhow::Error::from)?;
-        Ok((Bytes::from(json.clone()), json))
-    }
-}
-
-async fn layered<K, V, F>(
-    redis: &RedisStore,
-    name: &'static str,
-    l1: &Cache<K, V>,
-    key: K,
-    l2: L2,
-    load: F,
-) -> Result<V, AppError>
-where
-    K: Hash + Eq + Send + Sync + Clone + 'static,
-    V: Cached,
-    F: Future<Output = Result<V::Loaded, AppError>>,
-{
-    if let Some(hit) = l1.get(&key).await {
-        count(name, "l1", "hit");
-        return Ok(hit);
-    }
-    count(name, "l1", "miss");
-    l1.try_get_with(key, async {
-        let get = match &l2 {
-            L2::Key(key, _) => redis::cmd("GET").arg(key).clone(),
-            L2::Field(key, field, _) => redis::cmd("HGET").arg(key).arg(field).clone(),
-        };
-        let cached: Option<Vec<u8>> = redis.cmd(&get).await.ok().flatten();
-        if let Some(value) = cached.and_then(V::from_l2) {
-            count(name, "l2", "hit");
-            return Ok(value);
-        }
-        count(name, "l2", "miss");
-        let (value, bytes) = V::from_loaded(load.await?)?;
-        {
-            let mut pipe = redis::pipe();
-            match &l2 {
-                L2::Key(key, secs) => {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(bytes)
-                        .arg("EX")
-                        .arg(*secs)
-                        .ignore();
-                }
-                L2::Field(key, field, secs) => {
-                    pipe.cmd("HSET").arg(key).arg(field).arg(bytes).ignore();
-                    pipe.cmd("EXPIRE").arg(key).arg(*secs).arg("NX").ignore();
-                }
-            }
-            let _ = redis.pipe::<()>(&pipe).await;
-        }
-        Ok::<_, AppError>(value)
-    })
-    .await
-    .map_err(unshare)
 }
 
 fn count(cache: &'static str, layer: &'static str, result: &'static str) {

@@ -1,4 +1,8 @@
-//! Catalog rules, free of I/O: page size, ranking window, and what a product may hold.
+//! Catalog rules and views, free of I/O: page size, ranking window, what a product may
+//! hold, and the shapes the catalog answers with.
+
+use chrono::{Duration, NaiveDate};
+use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 
@@ -11,7 +15,67 @@ pub const MAX_TOP_DAYS: i64 = 30;
 /// Upper bounds that keep `price × quantity` and stock arithmetic far from overflow.
 pub const MAX_PRICE: i64 = 1_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
+/// Longest product name (the column is VARCHAR(200)).
 pub const MAX_NAME_CHARS: usize = 200;
+/// Longest user name (the column is VARCHAR(100)).
+pub const MAX_USER_NAME_CHARS: usize = 100;
+
+/// A product in a listing page; `stock` is what can still be ordered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ProductSummary {
+    pub id: i64,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+}
+
+/// A product: `stock` is what can still be ordered, `sold` the all-time units in PAID
+/// orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ProductDetail {
+    pub id: i64,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub sold: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProductPage {
+    pub page: i64,
+    pub page_size: i64,
+    pub total_items: i64,
+    pub total_pages: i64,
+    pub items: Vec<ProductSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopItem {
+    pub rank: i64,
+    pub product_id: i64,
+    pub name: String,
+    pub price: i64,
+    pub sold: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopSellers {
+    pub days: i64,
+    pub items: Vec<TopItem>,
+}
+
+/// First UTC day of a ranking window of `days` days ending on `today`.
+pub fn window_start(today: NaiveDate, days: i64) -> NaiveDate {
+    today - Duration::days(days - 1)
+}
+
+/// The days of that window, oldest first.
+pub fn window(today: NaiveDate, days: i64) -> Vec<NaiveDate> {
+    window_start(today, days)
+        .iter_days()
+        .take(days as usize)
+        .collect()
+}
 
 /// A 1-based listing page number.
 pub fn page(value: Option<i64>) -> Result<i64, AppError> {
@@ -36,11 +100,22 @@ pub fn top_days(value: Option<i64>) -> Result<i64, AppError> {
     }
 }
 
+/// A product name: 1 to `MAX_NAME_CHARS` characters once trimmed.
 pub fn name(value: &str) -> Result<String, AppError> {
+    bounded_name(value, MAX_NAME_CHARS)
+}
+
+/// A user name: 1 to `MAX_USER_NAME_CHARS` characters once trimmed.
+pub fn user_name(value: &str) -> Result<String, AppError> {
+    bounded_name(value, MAX_USER_NAME_CHARS)
+}
+
+fn bounded_name(value: &str, max: usize) -> Result<String, AppError> {
     let trimmed = value.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_CHARS {
+    if trimmed.is_empty() || trimmed.chars().count() > max || trimmed.chars().any(char::is_control)
+    {
         return Err(AppError::Validation(format!(
-            "name must have 1 to {MAX_NAME_CHARS} characters"
+            "name must have 1 to {max} characters, none of them control characters"
         )));
     }
     Ok(trimmed.to_string())
@@ -105,6 +180,24 @@ mod tests {
         assert_eq!(name(" mug ").unwrap(), "mug");
         assert!(price(-1).is_err());
         assert!(stock(MAX_STOCK + 1).is_err());
+    }
+
+    #[test]
+    fn names_fit_their_columns() {
+        assert!(name(&"n".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(name(&"n".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(user_name(&"é".repeat(MAX_USER_NAME_CHARS)).is_ok());
+        assert!(user_name(&"é".repeat(MAX_USER_NAME_CHARS + 1)).is_err());
+        assert!(user_name("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn a_window_ends_today() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        assert_eq!(window(today, 1), vec![today]);
+        let three = window(today, 3);
+        assert_eq!(three.len(), 3);
+        assert_eq!(three[0], NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
     }
 
     #[test]

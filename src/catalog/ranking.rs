@@ -3,6 +3,8 @@
 //! the top N over a window is one Lua call (`ZUNIONSTORE` of the window's days). All sales
 //! keys share the `{sales}` hash tag, so the script stays in one Redis Cluster slot.
 //!
+//! A refund takes its units off the day of its payment: the ranking counts net sales.
+//!
 //! MySQL's `daily_sales` is the record. When the sets are gone (a Redis restart, FLUSHALL)
 //! the `ready` marker is gone with them, and the next reader rebuilds every day of the
 //! longest window from MySQL, one rebuild at a time. The reconciler rewrites a day whose
@@ -15,14 +17,10 @@ use std::{
     time::Duration,
 };
 
-use chrono::NaiveDate;
-use sqlx::MySqlPool;
+use chrono::{NaiveDate, Utc};
 
-use super::{
-    domain::{rank, MAX_TOP_DAYS, TOP_N},
-    service::window_start,
-};
-use crate::{error::AppError, redis_store::RedisStore};
+use super::domain::{rank, window, MAX_TOP_DAYS, TOP_N};
+use crate::{db::Reader, error::AppError, redis_store::RedisStore};
 
 /// Day sets outlive the longest window by a couple of days.
 const KEEP_SECS: i64 = (MAX_TOP_DAYS + 2) * 86_400;
@@ -34,14 +32,14 @@ type DaySales = BTreeMap<NaiveDate, BTreeMap<i64, i64>>;
 #[derive(Clone)]
 pub struct Ranking {
     redis: RedisStore,
-    db: MySqlPool,
+    db: Reader,
     enabled: bool,
     top: Arc<redis::Script>,
     rebuilds: moka::future::Cache<(), ()>,
 }
 
 impl Ranking {
-    pub fn new(redis: RedisStore, db: MySqlPool, enabled: bool) -> Self {
+    pub fn new(redis: RedisStore, db: Reader, enabled: bool) -> Self {
         Self {
             redis,
             db,
@@ -63,9 +61,9 @@ impl Ranking {
     }
 
     /// The days of a window of `days` UTC days ending today, oldest first (the same
-    /// window as the MySQL fallback's, from [`window_start`]).
-    fn window(days: i64) -> Vec<NaiveDate> {
-        window_start(days).iter_days().take(days as usize).collect()
+    /// window as the MySQL fallback's).
+    fn days_of(days: i64) -> Vec<NaiveDate> {
+        window(Utc::now().date_naive(), days)
     }
 
     /// Whether the sales sets are there (their marker survives only with them).
@@ -76,7 +74,8 @@ impl Ranking {
             .await?)
     }
 
-    /// Adds a committed sale to its day; best effort (the reconciler repairs a miss).
+    /// Adds a committed sale to its day (a refund: a negative quantity); best effort (the
+    /// reconciler repairs a miss).
     pub async fn record(&self, day: NaiveDate, product_id: i64, quantity: i64) {
         if !self.enabled {
             return;
@@ -105,7 +104,7 @@ impl Ranking {
         }
         self.ensure_loaded().await?;
         let mut call = self.top.key(self.redis.key("{sales}:scratch"));
-        for day in Self::window(days) {
+        for day in Self::days_of(days) {
             call.key(self.day_key(day));
         }
         call.arg(TOP_N);
@@ -126,7 +125,7 @@ impl Ranking {
         }
         self.rebuilds
             .try_get_with((), async {
-                self.rebuild().await?;
+                Box::pin(self.rebuild()).await?;
                 metrics::counter!("ranking_rebuilds_total").increment(1);
                 Ok::<_, AppError>(())
             })
@@ -136,15 +135,16 @@ impl Ranking {
 
     /// Replaces every day set of the longest window with MySQL's `daily_sales`, atomically.
     async fn rebuild(&self) -> Result<(), AppError> {
-        let days = Self::window(MAX_TOP_DAYS);
+        let days = Self::days_of(MAX_TOP_DAYS);
         let sales = self.mysql_sales(&days).await?;
+        let redis = self.redis.background();
         let mut pipe = redis::pipe();
         pipe.atomic();
         for day in &days {
             self.rewrite_day(&mut pipe, *day, sales.get(day));
         }
         pipe.cmd("SET").arg(self.marker()).arg(1).ignore();
-        self.redis.pipe::<()>(&pipe).await?;
+        redis.pipe::<()>(&pipe).await?;
         Ok(())
     }
 
@@ -174,7 +174,7 @@ impl Ranking {
             "SELECT day, product_id, CAST(quantity AS SIGNED) FROM daily_sales WHERE day >= ?",
         )
         .bind(first)
-        .fetch_all(&self.db)
+        .fetch_all(self.db.pool())
         .await?;
         let mut sales = DaySales::new();
         for (day, product_id, quantity) in rows {
@@ -192,7 +192,7 @@ impl Ranking {
                 .arg(-1)
                 .arg("WITHSCORES");
         }
-        let sets: Vec<Vec<(i64, f64)>> = self.redis.pipe(&pipe).await?;
+        let sets: Vec<Vec<(i64, f64)>> = self.redis.background().pipe(&pipe).await?;
         Ok(days
             .iter()
             .zip(sets)
@@ -223,7 +223,7 @@ impl Ranking {
         if !self.loaded().await? {
             return Ok(0); // the next reader rebuilds everything
         }
-        let days = Self::window(MAX_TOP_DAYS);
+        let days = Self::days_of(MAX_TOP_DAYS);
         let first = self.disagreements(&days).await?;
         if first.is_empty() {
             return Ok(0);
@@ -240,7 +240,7 @@ impl Ranking {
             }
         }
         if repaired > 0 {
-            self.redis.pipe::<()>(&pipe).await?;
+            self.redis.background().pipe::<()>(&pipe).await?;
             metrics::counter!("ranking_days_repaired_total").increment(repaired as u64);
             tracing::info!(days = repaired, "repaired the ranking in Redis");
         }

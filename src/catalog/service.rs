@@ -1,81 +1,56 @@
-//! Catalog use cases. `stock` in every answer is what can still be ordered:
-//! unsold units minus those reserved by PENDING orders.
+//! Catalog use cases. `stock` in every answer is what can still be ordered: unsold units
+//! minus those reserved by PENDING orders. Loads read the replica when one is configured
+//! and fresh ([`Reader`]); nothing here decides a write.
 
-use std::sync::Arc;
-
-use chrono::{Duration, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::MySqlPool;
+use axum::body::Bytes;
+use chrono::Utc;
 
 use super::{
-    cache::CatalogCache,
-    domain::{rank, total_pages, PAGE_SIZE, TOP_N},
+    cache::{CatalogCache, Changed},
+    domain::{
+        rank, total_pages, window_start, ProductDetail, ProductPage, TopItem, TopSellers,
+        PAGE_SIZE, TOP_N,
+    },
     ranking::Ranking,
 };
 use crate::{
+    db::Reader,
     error::AppError,
+    http::caching::Tagged,
     stock::{Live, StockGate},
 };
 
-/// What the catalog reads from: MySQL behind the caches, the stock gate's live counters,
-/// and the ranking's sorted sets.
+/// What the catalog reads from: MySQL (or its replica) behind the caches, the stock gate's
+/// live counters, and the ranking's sorted sets.
 #[derive(Clone)]
 pub struct Catalog {
-    pub db: MySqlPool,
+    pub db: Reader,
     pub cache: CatalogCache,
     pub stock: StockGate,
     pub ranking: Ranking,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ProductSummary {
-    pub id: i64,
-    pub name: String,
-    pub price: i64,
-    pub stock: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ProductDetail {
-    pub id: i64,
-    pub name: String,
-    pub price: i64,
-    pub stock: i64,
-    pub sold: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ProductPage {
-    pub page: i64,
-    pub page_size: i64,
-    pub total_items: i64,
-    pub total_pages: i64,
-    pub items: Vec<ProductSummary>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct TopItem {
-    pub rank: i64,
-    pub product_id: i64,
-    pub name: String,
-    pub price: i64,
-    pub sold: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TopSellers {
-    pub days: i64,
-    pub items: Vec<TopItem>,
+impl Catalog {
+    /// After a product changed (admin write, refund): every cache that shows it.
+    pub async fn changed(&self, changed: Changed) {
+        self.cache.invalidate(changed).await;
+    }
 }
 
 /// A listing page (cached; each product's `stock` as of the page's load, at most a few
 /// seconds old).
-pub async fn list(catalog: &Catalog, page: i64) -> Result<axum::body::Bytes, AppError> {
-    catalog.cache.page(page, load_page(catalog, page)).await
+pub async fn list(catalog: &Catalog, page: i64) -> Result<Tagged, AppError> {
+    catalog
+        .cache
+        .page(page, Box::pin(load_page(catalog, page)))
+        .await
 }
 
-async fn load_page(catalog: &Catalog, page: i64) -> Result<ProductPage, AppError> {
-    let index = catalog.cache.index(load_index(&catalog.db)).await?;
+async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
+    let index = catalog
+        .cache
+        .index(Box::pin(load_index(&catalog.db)))
+        .await?;
     let total_items = index.len() as i64;
     let start = usize::try_from((page - 1).saturating_mul(PAGE_SIZE)).unwrap_or(usize::MAX);
     let ids = index.get(start..).unwrap_or_default();
@@ -89,75 +64,86 @@ async fn load_page(catalog: &Catalog, page: i64) -> Result<ProductPage, AppError
             .bind(first)
             .bind(last)
             .bind(PAGE_SIZE)
-            .fetch_all(&catalog.db)
+            .fetch_all(catalog.db.pool())
             .await?
         }
         _ => Vec::new(),
     };
-    Ok(ProductPage {
+    let page = ProductPage {
         page,
         page_size: PAGE_SIZE,
         total_items,
         total_pages: total_pages(total_items),
         items,
-    })
+    };
+    Ok(Bytes::from(
+        serde_json::to_vec(&page).map_err(anyhow::Error::from)?,
+    ))
 }
 
-async fn load_index(pool: &MySqlPool) -> Result<Vec<i64>, AppError> {
+async fn load_index(db: &Reader) -> Result<Vec<i64>, AppError> {
     Ok(sqlx::query_scalar("SELECT id FROM products ORDER BY id")
-        .fetch_all(pool)
+        .fetch_all(db.pool())
         .await?)
 }
 
-/// A product with live `stock` and `sold`: the cached row supplies name and price, the
-/// stock gate's counter the figures (MySQL when Redis cannot answer; the cached row when
-/// the product has no counter, i.e. no reservation since Redis last lost it).
+/// A product with live `stock` and `sold`, in at most one Redis round trip: the cached row
+/// supplies name and price, the stock gate's counter the figures (MySQL when Redis cannot
+/// answer; the cached row when the product has no counter, i.e. no reservation since Redis
+/// last lost it).
 pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppError> {
-    let cached = catalog
-        .cache
-        .product(id, load_detail(&catalog.db, id))
-        .await?;
-    let (stock, sold) = match catalog.stock.live(id).await {
+    let (row, live) = match catalog.cache.cached_row(id).await {
+        Some(row) => (row, catalog.stock.live(id).await),
+        None => {
+            let (live, l2) = catalog
+                .stock
+                .live_with(id, &catalog.cache.row_key(id))
+                .await;
+            let row = catalog
+                .cache
+                .row(id, l2, Box::pin(load_detail(&catalog.db, id)))
+                .await?;
+            (row, live)
+        }
+    };
+    let (stock, sold) = match live {
         Live::Counter { avail, sold } => (avail, sold),
-        Live::NoCounter => (cached.stock, cached.sold),
-        Live::Unavailable => live_from_mysql(&catalog.db, id).await?,
+        Live::NoCounter => (row.stock, row.sold),
+        Live::Unavailable => {
+            let now = load_detail(&catalog.db, id).await?;
+            (now.stock, now.sold)
+        }
     };
     Ok(ProductDetail {
-        stock,
+        stock: stock.max(0),
         sold,
-        ..(*cached).clone()
+        ..(*row).clone()
     })
 }
 
-/// A product as MySQL has it now.
-pub async fn load_detail(pool: &MySqlPool, id: i64) -> Result<ProductDetail, AppError> {
+/// A product as MySQL (or a fresh replica) has it now.
+pub async fn load_detail(db: &Reader, id: i64) -> Result<ProductDetail, AppError> {
     sqlx::query_as(
         "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db.pool())
     .await?
     .ok_or(AppError::ProductNotFound)
 }
 
-async fn live_from_mysql(pool: &MySqlPool, id: i64) -> Result<(i64, i64), AppError> {
-    let detail = load_detail(pool, id).await?;
-    Ok((detail.stock, detail.sold))
+/// Top `TOP_N` by units sold (net of refunds) in PAID orders over the window, ties by
+/// lower product id: from the ranking's sorted sets, or from MySQL when Redis cannot
+/// answer; held in L1 for a couple of seconds, as the JSON to send.
+pub async fn top(catalog: &Catalog, days: i64) -> Result<Tagged, AppError> {
+    // Boxed: loaders are moved into the cache's single-flight by value.
+    catalog
+        .cache
+        .top(days, Box::pin(load_top(catalog, days)))
+        .await
 }
 
-/// First UTC day of a ranking window of `days` days ending today.
-pub fn window_start(days: i64) -> NaiveDate {
-    Utc::now().date_naive() - Duration::days(days - 1)
-}
-
-/// Top `TOP_N` by units sold in PAID orders over the window, ties by lower product id:
-/// from the ranking's sorted sets, or from MySQL when Redis cannot answer; held in L1 for
-/// a couple of seconds.
-pub async fn top(catalog: &Catalog, days: i64) -> Result<Arc<TopSellers>, AppError> {
-    catalog.cache.top(days, load_top(catalog, days)).await
-}
-
-async fn load_top(catalog: &Catalog, days: i64) -> Result<TopSellers, AppError> {
+async fn load_top(catalog: &Catalog, days: i64) -> Result<Bytes, AppError> {
     let totals = match catalog.ranking.top(days).await {
         Ok(totals) => totals,
         Err(e) => {
@@ -167,10 +153,19 @@ async fn load_top(catalog: &Catalog, days: i64) -> Result<TopSellers, AppError> 
     };
     let mut items = Vec::with_capacity(totals.len());
     for (product_id, sold) in totals {
-        let product = catalog
-            .cache
-            .product(product_id, load_detail(&catalog.db, product_id))
-            .await?;
+        let product = match catalog.cache.cached_row(product_id).await {
+            Some(row) => row,
+            None => {
+                catalog
+                    .cache
+                    .row(
+                        product_id,
+                        None,
+                        Box::pin(load_detail(&catalog.db, product_id)),
+                    )
+                    .await?
+            }
+        };
         items.push(TopItem {
             rank: items.len() as i64 + 1,
             product_id,
@@ -179,17 +174,20 @@ async fn load_top(catalog: &Catalog, days: i64) -> Result<TopSellers, AppError> 
             sold,
         });
     }
-    Ok(TopSellers { days, items })
+    let top = TopSellers { days, items };
+    Ok(Bytes::from(
+        serde_json::to_vec(&top).map_err(anyhow::Error::from)?,
+    ))
 }
 
-async fn top_from_mysql(pool: &MySqlPool, days: i64) -> Result<Vec<(i64, i64)>, AppError> {
+async fn top_from_mysql(db: &Reader, days: i64) -> Result<Vec<(i64, i64)>, AppError> {
     let totals: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT product_id, CAST(SUM(quantity) AS SIGNED) AS sold FROM daily_sales WHERE day >= ? \
          GROUP BY product_id ORDER BY sold DESC, product_id ASC LIMIT ?",
     )
-    .bind(window_start(days))
+    .bind(window_start(Utc::now().date_naive(), days))
     .bind(TOP_N)
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
     Ok(rank(totals))
 }

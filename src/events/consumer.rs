@@ -1,7 +1,9 @@
 //! A consumer of `commerce.order-paid` that plays the data platform (`commerce-api
 //! consume`), and the example for real consumers: delivery is at-least-once, so it applies
 //! each event in one transaction together with a record of its `event_id`, and a
-//! redelivered event finds that record and changes nothing. Offsets are committed after
+//! redelivered event finds that record and changes nothing. It understands `order.paid`
+//! (a paid order appears) and `order.refunded` (it is marked refunded); both share the
+//! order id as key, so they arrive in that order. Offsets are committed after
 //! the event is applied; a consumer that dies in between sees the event again.
 //!
 //! Its tables (`platform_events_seen`, `platform_paid_orders`) stand for the platform's
@@ -9,7 +11,7 @@
 
 use std::{future::Future, time::Duration};
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::NaiveDateTime;
 use rdkafka::{
     config::ClientConfig,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -18,7 +20,7 @@ use rdkafka::{
 use serde::Deserialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
-use super::relay::kafka_error;
+use super::{relay::kafka_error, OrderEvent, ORDER_PAID, ORDER_REFUNDED};
 use crate::{db, error::AppError};
 
 #[derive(Clone, Debug)]
@@ -32,17 +34,7 @@ pub struct ConsumerConfig {
 struct Event {
     event_id: String,
     event_type: String,
-    data: OrderPaidData,
-}
-
-#[derive(Debug, Deserialize)]
-struct OrderPaidData {
-    order_id: i64,
-    user_id: i64,
-    product_id: i64,
-    quantity: i64,
-    amount: i64,
-    paid_at: String,
+    data: OrderEvent,
 }
 
 /// Whether an event changed the platform's data or was a redelivery.
@@ -101,18 +93,15 @@ pub async fn run(
 /// Applies one event payload exactly once per `event_id`.
 pub async fn apply(db: &MySqlPool, payload: &[u8]) -> Result<Applied, AppError> {
     let event: Event = serde_json::from_slice(payload)
-        .map_err(|e| AppError::Validation(format!("not an order.paid event: {e}")))?;
-    if event.event_type != super::ORDER_PAID {
+        .map_err(|e| AppError::Validation(format!("not an order event: {e}")))?;
+    if ![ORDER_PAID, ORDER_REFUNDED].contains(&event.event_type.as_str()) {
         return Err(AppError::Validation(format!(
             "unexpected event type {}",
             event.event_type
         )));
     }
-    let paid_at: NaiveDateTime = DateTime::parse_from_rfc3339(&event.data.paid_at)
-        .map_err(|e| AppError::Validation(format!("paid_at: {e}")))?
-        .naive_utc();
     let mut tx = db.begin().await?;
-    let applied = apply_in(&mut tx, &event, paid_at).await?;
+    let applied = apply_in(&mut tx, &event).await?;
     tx.commit().await?;
     metrics::counter!("events_consumed_total", "applied" => match applied {
         Applied::New => "new",
@@ -122,11 +111,7 @@ pub async fn apply(db: &MySqlPool, payload: &[u8]) -> Result<Applied, AppError> 
     Ok(applied)
 }
 
-async fn apply_in(
-    tx: &mut MySqlConnection,
-    event: &Event,
-    paid_at: NaiveDateTime,
-) -> Result<Applied, AppError> {
+async fn apply_in(tx: &mut MySqlConnection, event: &Event) -> Result<Applied, AppError> {
     let now = db::now();
     let first = sqlx::query(
         "INSERT IGNORE INTO platform_events_seen (event_id, deliveries, first_seen_at) VALUES (?, 1, ?)",
@@ -147,6 +132,15 @@ async fn apply_in(
         return Ok(Applied::Duplicate);
     }
     let d = &event.data;
+    if event.event_type == ORDER_REFUNDED {
+        let at: NaiveDateTime = d.refunded_at.unwrap_or(now);
+        sqlx::query("UPDATE platform_paid_orders SET refunded_at = ? WHERE order_id = ?")
+            .bind(at)
+            .bind(d.order_id)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Applied::New);
+    }
     sqlx::query(
         "INSERT INTO platform_paid_orders (order_id, event_id, user_id, product_id, quantity, amount, paid_at, applied_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -157,7 +151,7 @@ async fn apply_in(
     .bind(d.product_id)
     .bind(d.quantity)
     .bind(d.amount)
-    .bind(paid_at)
+    .bind(d.paid_at)
     .bind(now)
     .execute(&mut *tx)
     .await?;

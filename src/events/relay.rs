@@ -22,6 +22,7 @@ use rdkafka::{
 };
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
+pub use crate::config::KafkaConfig;
 use crate::{db, error::AppError};
 
 /// Rows claimed per transaction.
@@ -35,26 +36,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often published rows older than the retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-#[derive(Clone, Debug)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub topic: String,
-    pub partitions: i32,
-    /// Published rows are deleted after this long.
-    pub retention: Duration,
-}
-
-impl KafkaConfig {
-    pub fn new(brokers: &str, topic: &str) -> Self {
-        Self {
-            brokers: brokers.into(),
-            topic: topic.into(),
-            partitions: 3,
-            retention: Duration::from_secs(7 * 86_400),
-        }
-    }
-}
 
 /// Producer settings: every replica acknowledges, and the idempotent producer keeps order
 /// and drops its own retried duplicates.

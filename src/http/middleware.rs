@@ -1,5 +1,6 @@
-//! Request-level middleware: metrics labelled by route template, and the problem+json
-//! fallbacks for unknown paths and methods.
+//! Request-level middleware: the request timeout, the request id every problem carries,
+//! metrics labelled by route template, and the problem+json fallbacks for unknown paths
+//! and methods.
 
 use std::time::{Duration, Instant};
 
@@ -10,13 +11,21 @@ use axum::{
 };
 use tracing::Span;
 
-use crate::{app::AppState, error::AppError};
+use crate::error::{AppError, REQUEST_ID};
+
+/// `REQUEST_TIMEOUT_MS`, the state of [`timeout`].
+#[derive(Clone, Copy, Debug)]
+pub struct RequestTimeout(pub Duration);
 
 /// Ends a request that runs past `REQUEST_TIMEOUT_MS` with a 503 problem. Dropping the
-/// handler rolls back its open transaction; a Redis reservation it made is given back by
-/// the reconciler once its deadline passes.
-pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = state.config.request_timeout;
+/// handler rolls back its open transaction (work already handed to a checkout batch
+/// finishes there, and its answer is kept under the request's Idempotency-Key); a Redis
+/// reservation it made is given back by the reconciler once its deadline passes.
+pub async fn timeout(
+    State(RequestTimeout(limit)): State<RequestTimeout>,
+    req: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
@@ -24,6 +33,18 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
             AppError::Timeout(limit.as_millis()).into_response()
         }
     }
+}
+
+/// Makes the request id (set or accepted by the request-id layer) available to every
+/// problem built while serving the request.
+pub async fn scope_request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    REQUEST_ID.scope(id, next.run(req)).await
 }
 
 /// The span of one request: method, route template, request id; status and latency are

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every feature: extractors that turn axum's rejections into
 //! problem+json, the id type of path and body fields, and the fallbacks.
 
+pub mod caching;
 pub mod extract;
 pub mod middleware;
 pub mod pagination;

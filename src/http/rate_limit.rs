@@ -6,6 +6,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
+    sync::Arc,
 };
 
 use axum::{
@@ -19,7 +20,11 @@ use governor::{
     DefaultKeyedRateLimiter, Quota,
 };
 
-use crate::{app::AppState, auth::bearer, config::RateLimitConfig, error::AppError};
+use crate::{
+    auth::{bearer, TokenService},
+    config::RateLimitConfig,
+    error::AppError,
+};
 
 /// Routes that are never limited: probes and scraping must work under any load.
 const EXEMPT: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -28,6 +33,8 @@ pub struct RateLimits {
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     per_user_write: Option<DefaultKeyedRateLimiter<i64>>,
     clock: DefaultClock,
+    /// Tells the user of a write from its bearer token.
+    tokens: Arc<TokenService>,
 }
 
 fn limiter<K: std::hash::Hash + Eq + Clone>(
@@ -43,11 +50,12 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(
 
 impl RateLimits {
     /// A rate of 0 turns that limit off.
-    pub fn new(config: &RateLimitConfig) -> Self {
+    pub fn new(config: &RateLimitConfig, tokens: Arc<TokenService>) -> Self {
         Self {
             per_ip: limiter(config.per_ip_per_sec, config.per_ip_burst),
             per_user_write: limiter(config.user_write_per_sec, config.user_write_burst),
             clock: DefaultClock::default(),
+            tokens,
         }
     }
 
@@ -89,25 +97,24 @@ impl RateLimits {
 }
 
 /// The middleware: per-IP first, then per-user on writes that carry a valid token.
-pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match admit(&state, &req) {
+pub async fn enforce(State(limits): State<Arc<RateLimits>>, req: Request, next: Next) -> Response {
+    match admit(&limits, &req) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn admit(state: &AppState, req: &Request) -> Result<(), AppError> {
+fn admit(limits: &RateLimits, req: &Request) -> Result<(), AppError> {
     let path = req.uri().path();
     if EXEMPT.contains(&path) {
         return Ok(());
     }
-    let limits = &state.rate_limits;
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
         limits.check(&limits.per_ip, &peer.ip(), "ip")?;
     }
     let is_write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if is_write && limits.per_user_write.is_some() && !path.starts_with("/v1/admin") {
-        let user = bearer(req.headers()).and_then(|token| state.tokens.verify(token).ok());
+        let user = bearer(req.headers()).and_then(|token| limits.tokens.verify(token).ok());
         if let Some(user) = user {
             limits.check(&limits.per_user_write, &user, "user_write")?;
         }

@@ -1,12 +1,19 @@
-//! Idempotency keys (SPEC §2), stored in MySQL.
+//! Idempotency keys (SPEC §2), kept in MySQL inside the transaction that makes the change.
 //!
-//! A request with a key first claims `(scope, key)` by inserting an IN_PROGRESS row. The
-//! success response is written into that row inside the transaction that makes the change
-//! (see [`crate::db::transact`]), so a crash can never leave a change without its stored
-//! answer. A 4xx answer is stored after the rollback; a 5xx releases the key for a retry.
-//! A claim left behind by a crashed process expires after `LEASE`.
-
-use std::time::Duration;
+//! A request with a key first inserts its claim row `(scope, key, request hash)` in its
+//! business transaction, then does its work, then writes its answer into the same row, and
+//! commits all of it at once. So:
+//! - a concurrent duplicate's insert waits on the claim's row lock; when the first commits
+//!   it finds the answer and replays it, when the first rolls back it runs itself;
+//! - a request that died (a crash, a dropped connection) leaves nothing behind: MySQL rolls
+//!   its transaction back, claim included, and a retry runs at once;
+//! - a client error (4xx) is an answer too: the work is rolled back to a savepoint taken
+//!   after the claim, and the problem is stored and replayed like a success. A 5xx stores
+//!   nothing, so a retry runs again.
+//!
+//! A duplicate that waits longer than the lock-wait bound gets `IDEMPOTENCY_IN_PROGRESS`.
+//! The checkout batches use [`claim`] and [`record`] directly, for many keys in one
+//! transaction.
 
 use axum::{
     extract::FromRequestParts,
@@ -16,11 +23,11 @@ use axum::{
 use chrono::TimeDelta;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use crate::{
-    db::{self, ER_DUP_ENTRY},
-    error::{problem_response, AppError},
+    db::{self, ER_DUP_ENTRY, ER_LOCK_WAIT_TIMEOUT},
+    error::{problem_response, AppError, Problem},
 };
 
 pub const HEADER: &str = "idempotency-key";
@@ -28,15 +35,9 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub const MAX_KEY_LEN: usize = 128;
 /// How long a stored answer is replayed.
 pub const RETENTION: TimeDelta = TimeDelta::hours(24);
-/// How long an IN_PROGRESS claim protects a request that may have died.
-const LEASE: TimeDelta = TimeDelta::seconds(30);
-/// A concurrent request with the same key waits up to `WAIT_STEP × WAIT_STEPS` for the
-/// first one's answer, then gets `IDEMPOTENCY_IN_PROGRESS`.
-const WAIT_STEP: Duration = Duration::from_millis(20);
-const WAIT_STEPS: u32 = 150;
 
 /// The optional `Idempotency-Key` header: 1–128 visible ASCII characters.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct IdempotencyKey(pub Option<String>);
 
 impl IdempotencyKey {
@@ -55,6 +56,26 @@ impl IdempotencyKey {
         }
         Ok(Self(Some(String::from_utf8_lossy(bytes).into_owned())))
     }
+
+    /// The claim of a request with this key: `scope` (the caller and the operation), what
+    /// makes two requests "the same" (path ids and parsed body), and the success status.
+    pub fn claim(
+        &self,
+        scope: String,
+        request: &impl Serialize,
+        status: StatusCode,
+    ) -> Result<Option<Claim>, AppError> {
+        let Some(key) = &self.0 else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(request).map_err(anyhow::Error::from)?;
+        Ok(Some(Claim {
+            scope,
+            key: key.clone(),
+            hash: hex::encode(Sha256::digest(bytes)),
+            status,
+        }))
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
@@ -65,229 +86,266 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// A claimed key: where the answer of the request that holds it is stored.
-#[derive(Clone, Debug)]
-pub struct Recorder {
-    scope: String,
-    key: String,
-    status: StatusCode,
+/// A keyed request: its key, in its scope, for this request hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub scope: String,
+    pub key: String,
+    pub hash: String,
+    /// The status of a success answer (200 or 201).
+    pub status: StatusCode,
 }
 
-impl Recorder {
-    /// Stores the success answer; called inside the transaction that made the change.
-    pub async fn record_success<T: Serialize>(
-        &self,
-        conn: &mut MySqlConnection,
-        body: &T,
-    ) -> Result<(), AppError> {
-        let body = serde_json::to_string(body).map_err(anyhow::Error::from)?;
-        self.store(conn, self.status, &body).await
+/// An answer kept under a key.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Stored {
+    #[sqlx(rename = "response_status")]
+    pub status: i16,
+    #[sqlx(rename = "response_body")]
+    pub body: String,
+}
+
+impl Stored {
+    /// The success answer of `claim`'s request.
+    pub fn success<T: Serialize>(claim: &Claim, value: &T) -> Self {
+        Self {
+            status: claim.status.as_u16() as i16,
+            body: serde_json::to_string(value).unwrap_or_default(),
+        }
     }
 
-    async fn store(
-        &self,
-        conn: &mut MySqlConnection,
-        status: StatusCode,
-        body: &str,
-    ) -> Result<(), AppError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET status = 'DONE', response_status = ?, response_body = ? \
-             WHERE scope = ? AND idem_key = ?",
-        )
-        .bind(i16::try_from(status.as_u16()).unwrap_or(i16::MAX))
-        .bind(body)
-        .bind(&self.scope)
-        .bind(&self.key)
-        .execute(conn)
-        .await?;
-        Ok(())
+    /// A refusal (4xx) as its problem document.
+    pub fn failure(error: &AppError) -> Self {
+        Self {
+            status: error.status().as_u16() as i16,
+            body: serde_json::to_string(&error.problem()).unwrap_or_default(),
+        }
     }
 
-    /// After a failed request: a client error is the answer to replay; an infrastructure
-    /// failure releases the key so that a retry runs again.
-    async fn record_failure(&self, pool: &MySqlPool, error: &AppError) {
-        let (status, _) = error.status_and_code();
-        let result = if status.is_server_error() {
-            sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND idem_key = ? AND status = 'IN_PROGRESS'")
-                .bind(&self.scope)
-                .bind(&self.key)
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(AppError::from)
+    /// The stored answer again, marked `Idempotent-Replayed: true`. A problem carries the
+    /// id of the request that gets it now, like every problem.
+    pub fn replay(self) -> Response {
+        let status = u16::try_from(self.status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        let mut response = if status.is_client_error() || status.is_server_error() {
+            match serde_json::from_str::<Problem>(&self.body) {
+                Ok(problem) => problem_response(status, problem),
+                Err(_) => (status, self.body).into_response(),
+            }
         } else {
-            match (
-                pool.acquire().await,
-                serde_json::to_string(&error.problem()),
-            ) {
-                (Ok(mut conn), Ok(body)) => self.store(&mut conn, status, &body).await,
-                (Err(e), _) => Err(e.into()),
-                (_, Err(e)) => Err(anyhow::Error::from(e).into()),
-            }
+            let mut r = (status, self.body).into_response();
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
         };
-        if let Err(e) = result {
-            // The claim's lease runs out and a retry executes: nothing was changed.
-            tracing::warn!(error = %e, "could not store the idempotent failure");
-        }
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        response
     }
 }
 
-enum Claim {
-    Proceed(Recorder),
-    Replay(Response),
-}
-
-/// Runs `operation` at most once per `(scope, key)`.
-///
-/// `request` is what makes two requests "the same": the path ids and the parsed body.
-/// Without a key the operation simply runs.
-pub async fn run<T, Fut>(
-    pool: &MySqlPool,
-    key: IdempotencyKey,
-    scope: String,
-    request: &impl Serialize,
-    status: StatusCode,
-    operation: impl FnOnce(Option<Recorder>) -> Fut,
-) -> Result<Response, AppError>
-where
-    T: Serialize,
-    Fut: std::future::Future<Output = Result<T, AppError>>,
-{
-    let recorder = match key.0 {
-        None => None,
-        Some(key) => {
-            let hash = request_hash(request)?;
-            match claim(pool, Recorder { scope, key, status }, &hash).await? {
-                Claim::Replay(response) => return Ok(response),
-                Claim::Proceed(recorder) => Some(recorder),
-            }
-        }
-    };
-    match operation(recorder.clone()).await {
-        Ok(value) => Ok((status, axum::Json(value)).into_response()),
-        Err(error) => {
-            if let Some(recorder) = recorder {
-                recorder.record_failure(pool, &error).await;
-            }
-            Err(error)
-        }
-    }
-}
-
-fn request_hash(request: &impl Serialize) -> Result<String, AppError> {
-    let bytes = serde_json::to_vec(request).map_err(anyhow::Error::from)?;
-    Ok(hex::encode(Sha256::digest(bytes)))
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The key is this transaction's now: do the work, then [`record`] its answer.
+    New,
+    /// The same request already has an answer: replay it, change nothing.
+    Replay(Stored),
 }
 
 #[derive(sqlx::FromRow)]
-struct Stored {
+struct Row {
     request_hash: String,
-    status: String,
     response_status: Option<i16>,
     response_body: Option<String>,
-    locked_until: chrono::NaiveDateTime,
     created_at: chrono::NaiveDateTime,
 }
 
-async fn claim(pool: &MySqlPool, recorder: Recorder, hash: &str) -> Result<Claim, AppError> {
-    for _ in 0..WAIT_STEPS {
-        let now = db::now();
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, idem_key, request_hash, status, locked_until, created_at) \
-             VALUES (?, ?, ?, 'IN_PROGRESS', ?, ?)",
-        )
-        .bind(&recorder.scope)
-        .bind(&recorder.key)
-        .bind(hash)
-        .bind(now + LEASE)
-        .bind(now)
-        .execute(pool)
-        .await;
-        match inserted {
-            Ok(_) => return Ok(Claim::Proceed(recorder)),
-            Err(e) if db::mysql_error_number(&e) == Some(ER_DUP_ENTRY) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let Some(stored) = load(pool, &recorder).await? else {
-            continue;
-        };
-        if stored.created_at + RETENTION < now {
-            // Older than the retention: the key is free again.
-            take_over(pool, &recorder, &stored, hash, now).await?;
-            continue;
-        }
-        if stored.request_hash != hash {
-            return Err(AppError::IdempotencyKeyReused);
-        }
-        if stored.status == "DONE" {
-            return Ok(Claim::Replay(replay(stored)));
-        }
-        if stored.locked_until < now && take_over(pool, &recorder, &stored, hash, now).await? {
-            // The holder died without committing anything: run the request now.
-            return Ok(Claim::Proceed(recorder));
-        }
-        tokio::time::sleep(WAIT_STEP).await;
-    }
-    Err(AppError::IdempotencyInProgress)
-}
-
-async fn load(pool: &MySqlPool, recorder: &Recorder) -> Result<Option<Stored>, AppError> {
-    Ok(sqlx::query_as(
-        "SELECT request_hash, status, response_status, response_body, locked_until, created_at \
-         FROM idempotency_keys WHERE scope = ? AND idem_key = ?",
+/// Claims `claim`'s key inside the caller's transaction. A key held by another transaction
+/// that is still running makes this wait on its row lock; when that lock is not granted
+/// within the lock-wait bound the answer is `IDEMPOTENCY_IN_PROGRESS`. The same key with
+/// another request is `IDEMPOTENCY_KEY_REUSED`.
+pub async fn claim(tx: &mut MySqlConnection, claim: &Claim) -> Result<Claimed, AppError> {
+    let now = db::now();
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, created_at) VALUES (?, ?, ?, ?)",
     )
-    .bind(&recorder.scope)
-    .bind(&recorder.key)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// Re-claims a stale or expired row; true when this request won it.
-async fn take_over(
-    pool: &MySqlPool,
-    recorder: &Recorder,
-    stored: &Stored,
-    hash: &str,
-    now: chrono::NaiveDateTime,
-) -> Result<bool, AppError> {
-    let updated = sqlx::query(
-        "UPDATE idempotency_keys SET request_hash = ?, status = 'IN_PROGRESS', response_status = NULL, \
-         response_body = NULL, locked_until = ?, created_at = ? \
-         WHERE scope = ? AND idem_key = ? AND locked_until = ? AND created_at = ?",
-    )
-    .bind(hash)
-    .bind(now + LEASE)
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .bind(&claim.hash)
     .bind(now)
-    .bind(&recorder.scope)
-    .bind(&recorder.key)
-    .bind(stored.locked_until)
-    .bind(stored.created_at)
-    .execute(pool)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => return Ok(Claimed::New),
+        Err(e) if db::mysql_error_number(&e) == Some(ER_DUP_ENTRY) => {}
+        Err(e) if db::mysql_error_number(&e) == Some(ER_LOCK_WAIT_TIMEOUT) => {
+            return Err(AppError::IdempotencyInProgress)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // A committed answer (the duplicate-key check waited for its transaction).
+    let row: Row = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body, created_at FROM idempotency_keys \
+         WHERE scope = ? AND idem_key = ?",
+    )
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    let answer = match (row.response_status, row.response_body) {
+        (Some(status), Some(body)) if row.created_at + RETENTION >= now => {
+            Some(Stored { status, body })
+        }
+        _ => None,
+    };
+    let Some(answer) = answer else {
+        // Past the retention (or a row without an answer): the key is free again.
+        sqlx::query(
+            "UPDATE idempotency_keys SET request_hash = ?, response_status = NULL, response_body = NULL, \
+             created_at = ? WHERE scope = ? AND idem_key = ?",
+        )
+        .bind(&claim.hash)
+        .bind(now)
+        .bind(&claim.scope)
+        .bind(&claim.key)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(Claimed::New);
+    };
+    if row.request_hash != claim.hash {
+        return Err(AppError::IdempotencyKeyReused);
+    }
+    Ok(Claimed::Replay(answer))
 }
 
-fn replay(stored: Stored) -> Response {
-    let status = stored
-        .response_status
-        .and_then(|s| u16::try_from(s).ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
-    let body = stored.response_body.unwrap_or_default();
-    let mut response = if status.is_client_error() || status.is_server_error() {
-        problem_response(status, body)
-    } else {
-        let mut r = (status, body).into_response();
-        r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+/// Gives up a claim made in this transaction (its request will not run): the key is free
+/// once the transaction ends.
+pub async fn release(tx: &mut MySqlConnection, claim: &Claim) -> Result<(), AppError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND idem_key = ?")
+        .bind(&claim.scope)
+        .bind(&claim.key)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Writes the answers of claimed keys, in the transaction that claimed them (one statement
+/// for any number of keys).
+pub async fn record(
+    tx: &mut MySqlConnection,
+    answers: &[(&Claim, Stored)],
+) -> Result<(), AppError> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let now = db::now();
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, response_status, response_body, created_at) ",
+    );
+    insert.push_values(answers, |mut row, (claim, stored)| {
+        row.push_bind(&claim.scope)
+            .push_bind(&claim.key)
+            .push_bind(&claim.hash)
+            .push_bind(stored.status)
+            .push_bind(&stored.body)
+            .push_bind(now);
+    });
+    insert.push(
+        " ON DUPLICATE KEY UPDATE response_status = VALUES(response_status), response_body = VALUES(response_body)",
+    );
+    insert.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// A use case's result: done now, or the replay of an earlier answer.
+pub enum Outcome<V, X> {
+    /// Done by this request: the answer `V` (what the client sees) and `X`, what the
+    /// caller does after the commit (Redis, caches).
+    Done(V, X),
+    Replayed(Response),
+}
+
+impl<V: Serialize, X> Outcome<V, X> {
+    /// The response: `status` and the JSON of `V`, or the replay.
+    pub fn respond(self, status: StatusCode) -> Response {
+        match self {
+            Outcome::Done(view, _) => (status, axum::Json(view)).into_response(),
+            Outcome::Replayed(response) => response,
+        }
+    }
+}
+
+/// Runs `work` in one transaction, at most once per key: with a key, the claim comes first
+/// and the answer (success or 4xx problem) is written before the commit. Deadlocks and
+/// lock-wait timeouts run the whole transaction again.
+pub async fn run<V, X, F>(
+    pool: &MySqlPool,
+    claim: Option<&Claim>,
+    mut work: F,
+) -> Result<Outcome<V, X>, AppError>
+where
+    V: Serialize + Send,
+    X: Send,
+    F: for<'c> FnMut(&'c mut MySqlConnection) -> db::BoxFuture<'c, Result<(V, X), AppError>>,
+{
+    let Some(claim) = claim else {
+        let (view, after) = db::transact(pool, work).await?;
+        return Ok(Outcome::Done(view, after));
     };
-    response
-        .headers_mut()
-        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    response
+    let mut attempt = 0;
+    loop {
+        match once(pool, claim, &mut work).await {
+            Err(AppError::Database(e)) if db::is_retryable(&e) && attempt < db::MAX_RETRIES => {
+                attempt += 1;
+                db::backoff(attempt).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn once<V, X, F>(
+    pool: &MySqlPool,
+    claim: &Claim,
+    work: &mut F,
+) -> Result<Outcome<V, X>, AppError>
+where
+    V: Serialize + Send,
+    X: Send,
+    F: for<'c> FnMut(&'c mut MySqlConnection) -> db::BoxFuture<'c, Result<(V, X), AppError>>,
+{
+    let mut tx = db::begin(pool).await?;
+    match self::claim(&mut tx, claim).await? {
+        Claimed::Replay(stored) => {
+            tx.rollback().await?;
+            return Ok(Outcome::Replayed(stored.replay()));
+        }
+        Claimed::New => {}
+    }
+    sqlx::query("SAVEPOINT work").execute(&mut *tx).await?;
+    let done = work(&mut tx).await;
+    let answer = match &done {
+        Ok((view, _)) => Stored::success(claim, view),
+        Err(e) if e.is_client_error() => {
+            sqlx::query("ROLLBACK TO SAVEPOINT work")
+                .execute(&mut *tx)
+                .await?;
+            Stored::failure(e)
+        }
+        Err(_) => {
+            let _ = tx.rollback().await;
+            return done.map(|(view, after)| Outcome::Done(view, after));
+        }
+    };
+    record(&mut tx, &[(claim, answer)]).await?;
+    tx.commit().await?;
+    done.map(|(view, after)| Outcome::Done(view, after))
 }
 
 /// Deletes answers older than the retention, a batch at a time.
@@ -319,10 +377,42 @@ mod tests {
 
     #[test]
     fn equal_requests_hash_equal() {
-        let a = request_hash(&serde_json::json!({"amount": 5})).unwrap();
-        let b = request_hash(&serde_json::json!({"amount": 5})).unwrap();
-        let c = request_hash(&serde_json::json!({"amount": 6})).unwrap();
-        assert_eq!(a, b);
-        assert_ne!(a, c);
+        let key = IdempotencyKey(Some("k".into()));
+        let claim = |body: serde_json::Value| {
+            key.claim("s".into(), &body, StatusCode::OK)
+                .unwrap()
+                .unwrap()
+                .hash
+        };
+        assert_eq!(
+            claim(serde_json::json!({"amount": 5})),
+            claim(serde_json::json!({"amount": 5}))
+        );
+        assert_ne!(
+            claim(serde_json::json!({"amount": 5})),
+            claim(serde_json::json!({"amount": 6}))
+        );
+        assert!(IdempotencyKey(None)
+            .claim("s".into(), &1, StatusCode::OK)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_stored_problem_replays_with_its_status() {
+        let claim = IdempotencyKey(Some("k".into()))
+            .claim("s".into(), &1, StatusCode::CREATED)
+            .unwrap()
+            .unwrap();
+        let stored = Stored::failure(&AppError::OutOfStock {
+            available: 0,
+            requested: 1,
+        });
+        assert_eq!(stored.status, 409);
+        let response = stored.replay();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()[REPLAYED_HEADER], "true");
+        let ok = Stored::success(&claim, &serde_json::json!({"a": 1}));
+        assert_eq!((ok.status, ok.body.as_str()), (201, r#"{"a":1}"#));
     }
 }

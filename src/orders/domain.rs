@@ -1,4 +1,8 @@
-//! Order rules, free of I/O: quantity range, the price check, totals and status transitions.
+//! Order rules and shapes, free of I/O: quantity range, the price check, totals, status
+//! transitions (refunds included), the stored order and the view of it a client gets.
+
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 
@@ -40,12 +44,16 @@ pub fn total(unit_price: i64, quantity: Quantity) -> Result<i64, AppError> {
         .ok_or_else(|| AppError::Validation("order total is out of range".into()))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where an order is in its life: `PENDING` → `PAID` | `CANCELLED` | `EXPIRED`;
+/// `PAID` → `REFUNDED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
     Paid,
     Cancelled,
     Expired,
+    Refunded,
 }
 
 impl OrderStatus {
@@ -55,21 +63,8 @@ impl OrderStatus {
             OrderStatus::Paid => "PAID",
             OrderStatus::Cancelled => "CANCELLED",
             OrderStatus::Expired => "EXPIRED",
+            OrderStatus::Refunded => "REFUNDED",
         }
-    }
-
-    pub fn parse(value: &str) -> Result<Self, AppError> {
-        Ok(match value {
-            "PENDING" => OrderStatus::Pending,
-            "PAID" => OrderStatus::Paid,
-            "CANCELLED" => OrderStatus::Cancelled,
-            "EXPIRED" => OrderStatus::Expired,
-            other => {
-                return Err(AppError::Internal(anyhow::anyhow!(
-                    "unknown order status {other}"
-                )))
-            }
-        })
     }
 
     /// PENDING → PAID, if the reservation has not run out.
@@ -86,6 +81,100 @@ impl OrderStatus {
         match self {
             OrderStatus::Pending => Ok(OrderStatus::Cancelled),
             other => Err(AppError::OrderNotCancellable(other.as_str())),
+        }
+    }
+
+    /// PAID → REFUNDED, within `window` of the payment (R1).
+    pub fn refund(
+        self,
+        paid_at: Option<NaiveDateTime>,
+        now: NaiveDateTime,
+        window: chrono::Duration,
+    ) -> Result<OrderStatus, AppError> {
+        match (self, paid_at) {
+            (OrderStatus::Paid, Some(paid)) if now <= paid + window => Ok(OrderStatus::Refunded),
+            (OrderStatus::Paid, _) => Err(AppError::OrderNotRefundable(
+                "the refund window of this order has passed".into(),
+            )),
+            (other, _) => Err(AppError::OrderNotRefundable(format!(
+                "the order is {} and cannot be refunded",
+                other.as_str()
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for OrderStatus {
+    type Error = AppError;
+
+    fn try_from(value: String) -> Result<Self, AppError> {
+        Ok(match value.as_str() {
+            "PENDING" => OrderStatus::Pending,
+            "PAID" => OrderStatus::Paid,
+            "CANCELLED" => OrderStatus::Cancelled,
+            "EXPIRED" => OrderStatus::Expired,
+            "REFUNDED" => OrderStatus::Refunded,
+            other => {
+                return Err(AppError::Internal(anyhow::anyhow!(
+                    "unknown order status {other}"
+                )))
+            }
+        })
+    }
+}
+
+/// An order as stored, internal fields included.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Order {
+    pub id: i64,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub total_amount: i64,
+    #[sqlx(try_from = "String")]
+    pub status: OrderStatus,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub paid_at: Option<NaiveDateTime>,
+    /// The stock gate's reservation token: ties the Redis reservation to this row.
+    pub hold: String,
+}
+
+/// The columns of [`Order`], in its field order.
+pub const ORDER_COLUMNS: &str = "id, user_id, product_id, quantity, unit_price, total_amount, \
+     status, created_at, expires_at, paid_at, hold";
+
+/// An order as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub total_amount: i64,
+    pub status: OrderStatus,
+    #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: NaiveDateTime,
+    #[serde(serialize_with = "crate::http::utc")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: NaiveDateTime,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        Self {
+            order_id: o.id,
+            user_id: o.user_id,
+            product_id: o.product_id,
+            quantity: o.quantity,
+            unit_price: o.unit_price,
+            total_amount: o.total_amount,
+            status: o.status,
+            created_at: o.created_at,
+            expires_at: o.expires_at,
         }
     }
 }
@@ -106,7 +195,7 @@ mod tests {
     fn price_must_match() {
         assert!(check_price(1200, 1200).is_ok());
         let err = check_price(1000, 1200).unwrap_err();
-        assert_eq!(err.status_and_code().1, "PRICE_MISMATCH");
+        assert_eq!(err.code().code, "PRICE_MISMATCH");
     }
 
     #[test]
@@ -125,7 +214,7 @@ mod tests {
             (Expired, false),
         ] {
             let err = status.pay(expired).unwrap_err();
-            assert_eq!(err.status_and_code().1, "ORDER_NOT_PAYABLE");
+            assert_eq!(err.code().code, "ORDER_NOT_PAYABLE");
         }
     }
 
@@ -135,12 +224,40 @@ mod tests {
         assert_eq!(Pending.cancel().unwrap(), Cancelled);
         for status in [Paid, Cancelled, Expired] {
             assert_eq!(
-                status.cancel().unwrap_err().status_and_code().1,
+                status.cancel().unwrap_err().code().code,
                 "ORDER_NOT_CANCELLABLE"
             );
         }
-        for s in [Pending, Paid, Cancelled, Expired] {
-            assert_eq!(OrderStatus::parse(s.as_str()).unwrap(), s);
+        for s in [Pending, Paid, Cancelled, Expired, Refunded] {
+            assert_eq!(OrderStatus::try_from(s.as_str().to_string()).unwrap(), s);
+        }
+        assert!(OrderStatus::try_from("SHIPPED".to_string()).is_err());
+    }
+
+    #[test]
+    fn only_paid_orders_within_the_window_can_be_refunded() {
+        use OrderStatus::*;
+        let paid = chrono::DateTime::from_timestamp(1_000_000, 0)
+            .unwrap()
+            .naive_utc();
+        let week = chrono::Duration::days(7);
+        assert_eq!(
+            Paid.refund(Some(paid), paid + week, week).unwrap(),
+            Refunded
+        );
+        let late = Paid
+            .refund(Some(paid), paid + week + chrono::Duration::seconds(1), week)
+            .unwrap_err();
+        assert_eq!(late.code().code, "ORDER_NOT_REFUNDABLE");
+        for status in [Pending, Cancelled, Expired, Refunded] {
+            assert_eq!(
+                status
+                    .refund(Some(paid), paid, week)
+                    .unwrap_err()
+                    .code()
+                    .code,
+                "ORDER_NOT_REFUNDABLE"
+            );
         }
     }
 }

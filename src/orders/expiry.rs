@@ -3,11 +3,14 @@
 //! with `FOR UPDATE SKIP LOCKED`, so a row is handled by one of them, and a payment or a
 //! cancel holding the row is simply skipped.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{MySqlConnection, MySqlPool};
 
-use super::domain::OrderStatus;
+use super::{
+    domain::{Order, OrderStatus, ORDER_COLUMNS},
+    service::release,
+};
 use crate::{
     db,
     error::AppError,
@@ -20,7 +23,7 @@ const BATCH: i64 = 200;
 /// Idempotency keys are pruned once every this many sweeps.
 const PRUNE_EVERY: u64 = 240;
 
-/// Runs the sweeper until the process ends.
+/// Runs the sweeper every `every` (validated non-zero at start-up) until the process ends.
 pub fn spawn(pool: MySqlPool, stock: StockGate, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
@@ -41,41 +44,38 @@ pub fn spawn(pool: MySqlPool, stock: StockGate, every: Duration) -> tokio::task:
     })
 }
 
-/// Expires one batch of overdue orders, then gives their units back in Redis; returns
-/// how many.
+/// Expires one batch of overdue orders, then gives their units back in Redis (one call per
+/// product); returns how many.
 pub async fn sweep(pool: &MySqlPool, stock: &StockGate) -> Result<usize, AppError> {
-    let expired = db::transact(pool, None, |tx| Box::pin(sweep_in(tx))).await?;
+    let expired = db::transact(pool, |tx| Box::pin(sweep_in(tx))).await?;
     if !expired.is_empty() {
         metrics::counter!("orders_expired_total").increment(expired.len() as u64);
     }
-    for (product_id, hold) in &expired {
-        stock
-            .finish(*product_id, &Hold::stored(hold.clone()), Finish::Expired)
-            .await;
+    let mut by_product: BTreeMap<i64, Vec<Hold>> = BTreeMap::new();
+    for order in &expired {
+        by_product
+            .entry(order.product_id)
+            .or_default()
+            .push(Hold::stored(order.hold.clone()));
+    }
+    for (product_id, holds) in by_product {
+        stock.finish(product_id, &holds, Finish::Expired).await;
     }
     Ok(expired.len())
 }
 
-/// Returns the `(product_id, hold)` of each expired order.
-async fn sweep_in(tx: &mut MySqlConnection) -> Result<Vec<(i64, String)>, AppError> {
-    let overdue: Vec<(i64, i64, i64, String)> = sqlx::query_as(
-        "SELECT id, product_id, quantity, hold FROM orders \
-         WHERE status = 'PENDING' AND expires_at <= ? \
-         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
+async fn sweep_in(tx: &mut MySqlConnection) -> Result<Vec<Order>, AppError> {
+    let mut overdue: Vec<Order> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'PENDING' AND expires_at <= ? \
+         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
+    ))
     .bind(db::now())
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
-    // Products in id order, so two sweepers never lock two products in opposite orders.
-    let mut by_product = overdue;
-    by_product.sort_by_key(|(id, product_id, _, _)| (*product_id, *id));
-    for (order_id, product_id, quantity, _) in &by_product {
-        super::service::release(tx, *order_id, *product_id, *quantity, OrderStatus::Expired)
-            .await?;
-    }
-    Ok(by_product
-        .into_iter()
-        .map(|(_, product_id, _, hold)| (product_id, hold))
-        .collect())
+    // `release` locks their products in id order, so two sweepers never lock two products
+    // in opposite orders.
+    overdue.sort_by_key(|o| (o.product_id, o.id));
+    release(tx, &overdue, OrderStatus::Expired).await?;
+    Ok(overdue)
 }

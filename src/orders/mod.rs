@@ -1,5 +1,6 @@
-//! Orders: placing one reserves its stock until it is paid, cancelled or expires
-//! (SPEC O1, O2; statuses PENDING → PAID | CANCELLED | EXPIRED).
+//! Orders: reading, cancelling, refunding, and the expiry of unpaid ones (SPEC O1, O2,
+//! R1–R4; statuses PENDING → PAID | CANCELLED | EXPIRED, PAID → REFUNDED). Placing one is
+//! the checkout's.
 
 pub mod domain;
 pub mod expiry;

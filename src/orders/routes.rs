@@ -1,39 +1,51 @@
-//! HTTP routes of the orders feature.
+//! HTTP routes of the orders feature. Placing an order is the checkout's work; the rest
+//! is [`service`]'s.
 
 use axum::{
-    extract::State, http::StatusCode, response::Response, routing::get, routing::post, Json, Router,
+    extract::{FromRef, State},
+    http::StatusCode,
+    response::Response,
+    routing::{get, post},
+    Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 use super::{
-    domain::Quantity,
-    service::{self, NewOrder, OrderView},
+    domain::{OrderStatus, OrderView, Quantity},
+    service::{self, Orders},
 };
 use crate::{
-    app::AppState,
-    auth::Caller,
+    auth::{Auth, Caller},
+    checkout::{Checkout, NewOrder},
     error::AppError,
     http::{
         pagination::{CursorPage, CursorParams},
         AppJson, AppPath, AppQuery, Id,
     },
-    idempotency::{self, IdempotencyKey},
+    idempotency::IdempotencyKey,
 };
 
 /// OpenAPI description of these routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(place, get_one, cancel, list),
-    components(schemas(PlaceOrderRequest, OrderView))
+    paths(place, get_one, cancel, refund, list),
+    components(schemas(PlaceOrderRequest, OrderView, OrderStatus))
 )]
 pub struct Api;
 
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Orders: FromRef<S>,
+    Checkout: FromRef<S>,
+    Auth: FromRef<S>,
+{
     Router::new()
         .route("/v1/orders", post(place))
         .route("/v1/orders/{order_id}", get(get_one))
         .route("/v1/orders/{order_id}/cancel", post(cancel))
+        .route("/v1/orders/{order_id}/refund", post(refund))
         .route("/v1/users/{user_id}/orders", get(list))
 }
 
@@ -46,91 +58,119 @@ pub struct PlaceOrderRequest {
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
     /// The unit price the user saw; it must be the current price.
+    #[schema(minimum = 0)]
     pub price: i64,
 }
 
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–128 visible ASCII characters; a retry with the same key and body replays the first answer")),
     request_body = PlaceOrderRequest,
     responses((status = 201, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "FORBIDDEN: token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND or PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "OUT_OF_STOCK, PRICE_MISMATCH or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "OUT_OF_STOCK (available, requested), PRICE_MISMATCH (current_price) or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn place(
-    State(state): State<AppState>,
+    State(checkout): State<Checkout>,
     caller: Caller,
     key: IdempotencyKey,
     AppJson(body): AppJson<PlaceOrderRequest>,
 ) -> Result<Response, AppError> {
+    if body.price < 0 {
+        return Err(AppError::Validation("price must not be negative".into()));
+    }
     let order = NewOrder {
         user_id: body.user_id.get(),
         product_id: body.product_id.get(),
         quantity: Quantity::parse(body.quantity)?,
         price: body.price,
     };
-    if order.price < 0 {
-        return Err(AppError::Validation("price must not be negative".into()));
-    }
-    let ttl = state.config.order_ttl;
-    let (db, stock) = (&state.db, &state.stock);
-    idempotency::run(
-        db,
-        key,
-        caller.scope("order"),
-        &body,
-        StatusCode::CREATED,
-        |recorder| async move { service::place(db, stock, caller, order, ttl, recorder.as_ref()).await },
-    )
-    .await
+    let outcome = checkout.place(caller, order, &key, &body).await?;
+    Ok(outcome.respond(StatusCode::CREATED))
 }
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", security(("bearer" = [])),
     params(("order_id" = i64, Path, minimum = 1)),
     responses((status = 200, body = OrderView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "ORDER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn get_one(
-    State(state): State<AppState>,
+    State(orders): State<Orders>,
     caller: Caller,
     AppPath(order_id): AppPath<Id>,
 ) -> Result<Json<OrderView>, AppError> {
-    Ok(Json(service::get(&state.db, caller, order_id.get()).await?))
+    let order = service::get(&orders.db, caller, order_id.get()).await?;
+    Ok(Json(OrderView::from(&order)))
 }
 
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", security(("bearer" = [])),
-    params(("order_id" = i64, Path, minimum = 1)),
+    params(("order_id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key replays the first answer")),
     responses((status = 200, body = OrderView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "ORDER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "ORDER_NOT_CANCELLABLE", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "ORDER_NOT_CANCELLABLE or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn cancel(
-    State(state): State<AppState>,
+    State(orders): State<Orders>,
     caller: Caller,
+    key: IdempotencyKey,
     AppPath(order_id): AppPath<Id>,
-) -> Result<Json<OrderView>, AppError> {
-    Ok(Json(
-        service::cancel(&state.db, &state.stock, caller, order_id.get()).await?,
-    ))
+) -> Result<Response, AppError> {
+    let claim = key.claim(caller.scope("cancel"), &order_id, StatusCode::OK)?;
+    let outcome = service::cancel(
+        &orders.db,
+        &orders.stock,
+        caller,
+        order_id.get(),
+        claim.as_ref(),
+    )
+    .await?;
+    Ok(outcome.respond(StatusCode::OK))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{order_id}/refund", tag = "orders", security(("bearer" = [])),
+    params(("order_id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key replays the first answer")),
+    responses((status = 200, description = "the order, now REFUNDED", body = OrderView), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ORDER_NOT_FOUND (also another user's order)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ORDER_NOT_REFUNDABLE (not PAID, or past REFUND_WINDOW_SECS), BALANCE_LIMIT_EXCEEDED (balance, max_balance) or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn refund(
+    State(orders): State<Orders>,
+    caller: Caller,
+    key: IdempotencyKey,
+    AppPath(order_id): AppPath<Id>,
+) -> Result<Response, AppError> {
+    let claim = key.claim(caller.scope("refund"), &order_id, StatusCode::OK)?;
+    let outcome = service::refund(
+        &orders.db,
+        &orders.stock,
+        &orders.ranking,
+        caller,
+        order_id.get(),
+        orders.refund_window,
+        claim.as_ref(),
+    )
+    .await?;
+    Ok(outcome.respond(StatusCode::OK))
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/orders", tag = "orders", security(("bearer" = [])),
     params(("user_id" = i64, Path, minimum = 1), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = CursorPage<OrderView>), (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "FORBIDDEN: token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn list(
-    State(state): State<AppState>,
+    State(orders): State<Orders>,
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
     AppQuery(params): AppQuery<CursorParams>,
 ) -> Result<Json<CursorPage<OrderView>>, AppError> {
     let page = params.parse()?;
     Ok(Json(
-        service::list_for_user(&state.db, caller, user_id.get(), page).await?,
+        service::list_for_user(&orders.db, caller, user_id.get(), page).await?,
     ))
 }

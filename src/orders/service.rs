@@ -1,179 +1,48 @@
-//! Order use cases.
+//! Order use cases outside the checkout: reading, cancelling, refunding.
 //!
-//! Lock order, shared with payments and the expiry sweeper so that no two transactions
-//! wait on each other in a circle: **order → user → product**. Placing an order has no
-//! order row yet; it takes user (shared) then product.
+//! Lock order, shared with the checkout batches and the expiry sweeper so that no two
+//! transactions wait on each other in a circle: idempotency key → **order → payment →
+//! user → product** → the day's `daily_sales` row. A cancel takes order, product; a refund
+//! takes every one of them, in that order.
 //!
-//! The stock gate (Redis) answers first: a refusal there ends the request without MySQL.
-//! What it reserves is settled once the order commits, or given back if MySQL refuses;
-//! a cancel or an expiry gives it back after its own commit (see [`crate::stock`]).
+//! After the commit, Redis follows: a cancel gives its reservation back (announcing units
+//! back to every instance); a refund re-syncs the product's counter from MySQL and takes
+//! its units off its payment day's ranking.
 
-use std::time::Duration;
-
-use chrono::NaiveDateTime;
-use serde::Serialize;
+use chrono::NaiveDate;
 use sqlx::{MySqlConnection, MySqlPool};
 
-use super::domain::{check_price, total, OrderStatus, Quantity};
+use super::domain::{Order, OrderStatus, OrderView, ORDER_COLUMNS};
 use crate::{
     auth::Caller,
+    catalog::ranking::Ranking,
     db,
     error::AppError,
+    events::{self, Event, OrderEvent},
     http::pagination::{CursorPage, CursorQuery},
-    idempotency::Recorder,
-    stock::{Finish, Gate, Hold, StockGate},
+    idempotency::{self, Claim, Outcome},
+    payments::domain::PaymentStatus,
+    points::{
+        domain::{Balance, PointKind},
+        service as points,
+    },
+    stock::{Finish, Hold, StockGate},
 };
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct OrderView {
-    #[sqlx(rename = "id")]
-    pub order_id: i64,
-    pub user_id: i64,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub unit_price: i64,
-    pub total_amount: i64,
-    #[schema(example = "PENDING")]
-    pub status: String,
-    #[serde(serialize_with = "crate::http::utc")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: NaiveDateTime,
-    #[serde(serialize_with = "crate::http::utc")]
-    #[schema(value_type = String, format = DateTime)]
-    pub expires_at: NaiveDateTime,
-    /// The stock gate's reservation token (internal).
-    #[serde(skip)]
-    pub hold: String,
-}
-
-impl OrderView {
-    pub fn hold(&self) -> Hold {
-        Hold::stored(self.hold.clone())
-    }
-}
-
-const ORDER_COLUMNS: &str =
-    "id, user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, hold";
-
-/// What a buyer asks for: the unit price they saw and how many.
-#[derive(Debug, Clone, Copy)]
-pub struct NewOrder {
-    pub user_id: i64,
-    pub product_id: i64,
-    pub quantity: Quantity,
-    pub price: i64,
-}
-
-#[tracing::instrument(skip(pool, stock, recorder))]
-pub async fn place(
-    pool: &MySqlPool,
-    stock: &StockGate,
-    caller: Caller,
-    order: NewOrder,
-    ttl: Duration,
-    recorder: Option<&Recorder>,
-) -> Result<OrderView, AppError> {
-    let ttl = chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?;
-    caller.act_for(order.user_id)?;
-    let quantity = order.quantity.get();
-    let hold = Hold::new();
-    if let Gate::Refused { available } = stock.reserve(order.product_id, quantity, &hold).await {
-        return Err(AppError::OutOfStock {
-            available,
-            requested: quantity,
-        });
-    }
-    // The order must commit within the reservation's deadline, after which the reconciler
-    // would give the units back.
-    let token = hold.as_str();
-    let write = db::transact(pool, recorder, |tx| {
-        Box::pin(place_in(tx, order, ttl, token.to_string()))
-    });
-    let placed = tokio::time::timeout(stock.hold_window(), write)
-        .await
-        .unwrap_or_else(|_| Err(AppError::DependencyUnavailable("mysql".into())));
-    match &placed {
-        Ok(_) => stock.settle(order.product_id, &hold, quantity).await,
-        Err(_) => {
-            stock
-                .finish(order.product_id, &hold, Finish::Abandoned)
-                .await
-        }
-    }
-    placed
-}
-
-async fn place_in(
-    tx: &mut MySqlConnection,
-    order: NewOrder,
-    ttl: chrono::Duration,
-    hold: String,
-) -> Result<OrderView, AppError> {
-    // 1. user, shared: it must exist and stay while the order row points at it.
-    let user: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM users WHERE id = ? LOCK IN SHARE MODE")
-            .bind(order.user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    user.ok_or(AppError::UserNotFound)?;
-    // 2. product, exclusive: availability is decided under this lock.
-    let product: Option<(i64, i64)> =
-        sqlx::query_as("SELECT price, stock - reserved FROM products WHERE id = ? FOR UPDATE")
-            .bind(order.product_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (price, available) = product.ok_or(AppError::ProductNotFound)?;
-    check_price(order.price, price)?;
-    let quantity = order.quantity.get();
-    if quantity > available {
-        return Err(AppError::OutOfStock {
-            available,
-            requested: quantity,
-        });
-    }
-    let now = db::now();
-    sqlx::query("UPDATE products SET reserved = reserved + ?, updated_at = ? WHERE id = ?")
-        .bind(quantity)
-        .bind(now)
-        .bind(order.product_id)
-        .execute(&mut *tx)
-        .await?;
-    let total_amount = total(price, order.quantity)?;
-    let expires_at = now + ttl;
-    let id = sqlx::query(
-        "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, created_at, \
-         expires_at, updated_at, hold) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?, ?)",
-    )
-    .bind(order.user_id)
-    .bind(order.product_id)
-    .bind(quantity)
-    .bind(price)
-    .bind(total_amount)
-    .bind(now)
-    .bind(expires_at)
-    .bind(now)
-    .bind(&hold)
-    .execute(&mut *tx)
-    .await?
-    .last_insert_id();
-    Ok(OrderView {
-        order_id: i64::try_from(id).map_err(anyhow::Error::from)?,
-        user_id: order.user_id,
-        product_id: order.product_id,
-        quantity,
-        unit_price: price,
-        total_amount,
-        status: OrderStatus::Pending.as_str().into(),
-        created_at: now,
-        expires_at,
-        hold,
-    })
+/// What the order routes work with.
+#[derive(Clone)]
+pub struct Orders {
+    pub db: MySqlPool,
+    pub stock: StockGate,
+    pub ranking: Ranking,
+    /// `REFUND_WINDOW_SECS`.
+    pub refund_window: std::time::Duration,
 }
 
 /// The caller's order; another user's order is `ORDER_NOT_FOUND`, exactly like a missing
 /// one (same query, same answer).
-pub async fn get(pool: &MySqlPool, caller: Caller, order_id: i64) -> Result<OrderView, AppError> {
-    let order: Option<OrderView> =
+pub async fn get(pool: &MySqlPool, caller: Caller, order_id: i64) -> Result<Order, AppError> {
+    let order: Option<Order> =
         sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"))
             .bind(order_id)
             .fetch_optional(pool)
@@ -190,8 +59,8 @@ pub async fn list_for_user(
     page: CursorQuery,
 ) -> Result<CursorPage<OrderView>, AppError> {
     caller.act_for(user_id)?;
-    crate::points::service::ensure_user(pool, user_id).await?;
-    let rows: Vec<OrderView> = sqlx::query_as(&format!(
+    points::ensure_user(pool, user_id).await?;
+    let rows: Vec<Order> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
     ))
     .bind(user_id)
@@ -199,33 +68,177 @@ pub async fn list_for_user(
     .bind(page.limit + 1)
     .fetch_all(pool)
     .await?;
-    Ok(CursorPage::from_rows(rows, page, |o| o.order_id))
+    let views = rows.iter().map(OrderView::from).collect();
+    Ok(CursorPage::from_rows(views, page, |o: &OrderView| {
+        o.order_id
+    }))
 }
 
-#[tracing::instrument(skip(pool, stock))]
+/// PENDING → CANCELLED; the units return to available stock, once.
+#[tracing::instrument(skip(pool, stock, claim))]
 pub async fn cancel(
     pool: &MySqlPool,
     stock: &StockGate,
     caller: Caller,
     order_id: i64,
-) -> Result<OrderView, AppError> {
-    let order = db::transact(pool, None, |tx| Box::pin(cancel_in(tx, caller, order_id))).await?;
-    stock
-        .finish(order.product_id, &order.hold(), Finish::Cancelled)
-        .await;
-    Ok(order)
+    claim: Option<&Claim>,
+) -> Result<Outcome<OrderView, Option<Order>>, AppError> {
+    let outcome = idempotency::run(pool, claim, |tx| {
+        Box::pin(async move {
+            let mut order = lock(tx, caller, order_id).await?;
+            let next = order.status.cancel()?;
+            release(tx, std::slice::from_ref(&order), next).await?;
+            order.status = next;
+            Ok((OrderView::from(&order), Some(order)))
+        })
+    })
+    .await?;
+    if let Outcome::Done(_, Some(order)) = &outcome {
+        stock
+            .finish(
+                order.product_id,
+                &[Hold::stored(order.hold.clone())],
+                Finish::Cancelled,
+            )
+            .await;
+    }
+    Ok(outcome)
 }
 
-async fn cancel_in(
+/// What a committed refund leaves for Redis to learn.
+#[derive(Debug, Clone, Copy)]
+pub struct Refunded {
+    pub product_id: i64,
+    pub quantity: i64,
+    /// The day of the payment, whose sales the refund takes back.
+    pub paid_day: NaiveDate,
+}
+
+/// PAID → REFUNDED within the refund window (R1–R4), in one transaction: the order and its
+/// payment REFUNDED, the points back (REFUND history row), the units back to available
+/// stock, `sold` and the payment day's sales down, `order.refunded` in the outbox.
+#[tracing::instrument(skip(pool, stock, ranking, claim))]
+pub async fn refund(
+    pool: &MySqlPool,
+    stock: &StockGate,
+    ranking: &Ranking,
+    caller: Caller,
+    order_id: i64,
+    window: std::time::Duration,
+    claim: Option<&Claim>,
+) -> Result<Outcome<OrderView, Option<Refunded>>, AppError> {
+    let window = chrono::Duration::from_std(window).map_err(anyhow::Error::from)?;
+    let outcome = idempotency::run(pool, claim, |tx| {
+        Box::pin(async move {
+            let (view, refunded) = refund_in(tx, caller, order_id, window).await?;
+            Ok((view, Some(refunded)))
+        })
+    })
+    .await?;
+    if let Outcome::Done(_, Some(r)) = &outcome {
+        // The counter from MySQL (exact and idempotent, unlike an increment), then the
+        // ranking of the payment's day.
+        if let Err(e) = stock.sync(&[r.product_id]).await {
+            tracing::warn!(product_id = r.product_id, error = %e, "stock not synced after a refund; the reconciler will");
+        }
+        ranking.record(r.paid_day, r.product_id, -r.quantity).await;
+    }
+    Ok(outcome)
+}
+
+async fn refund_in(
     tx: &mut MySqlConnection,
     caller: Caller,
     order_id: i64,
-) -> Result<OrderView, AppError> {
+    window: chrono::Duration,
+) -> Result<(OrderView, Refunded), AppError> {
+    let now = db::now();
+    // 1. order
     let mut order = lock(tx, caller, order_id).await?;
-    let next = OrderStatus::parse(&order.status)?.cancel()?;
-    release(tx, order.order_id, order.product_id, order.quantity, next).await?;
-    order.status = next.as_str().into();
-    Ok(order)
+    let next = order.status.refund(order.paid_at, now, window)?;
+    let paid_at = order
+        .paid_at
+        .ok_or_else(|| anyhow::anyhow!("a PAID order without paid_at"))?;
+    // 2. payment
+    let payment_id: i64 =
+        sqlx::query_scalar("SELECT id FROM payments WHERE order_id = ? FOR UPDATE")
+            .bind(order.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    // 3. user: the points come back, unless that passes the cap (R3).
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM users WHERE id = ? FOR UPDATE")
+        .bind(order.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let after = Balance::new(balance).credit(order.total_amount)?;
+    // 4. product: the units are available again, and no longer sold.
+    let q = order.quantity;
+    sqlx::query(
+        "UPDATE products SET stock = stock + ?, sold = sold - ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(q)
+    .bind(q)
+    .bind(now)
+    .bind(order.product_id)
+    .execute(&mut *tx)
+    .await?;
+    // 5. the payment day's sales (the ranking counts net sales)
+    sqlx::query(
+        "UPDATE daily_sales SET quantity = quantity - ? WHERE day = ? AND product_id = ? AND quantity >= ?",
+    )
+    .bind(q)
+    .bind(paid_at.date())
+    .bind(order.product_id)
+    .bind(q)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE users SET balance = ? WHERE id = ?")
+        .bind(after.get())
+        .bind(order.user_id)
+        .execute(&mut *tx)
+        .await?;
+    points::record(
+        tx,
+        &[(
+            order.user_id,
+            PointKind::Refund,
+            order.total_amount,
+            after.get(),
+            Some(order.id),
+        )],
+    )
+    .await?;
+    sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ?")
+        .bind(next.as_str())
+        .bind(now)
+        .bind(order.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE payments SET status = ? WHERE id = ?")
+        .bind(PaymentStatus::Refunded.as_str())
+        .bind(payment_id)
+        .execute(&mut *tx)
+        .await?;
+    let event = OrderEvent {
+        order_id: order.id,
+        payment_id,
+        user_id: order.user_id,
+        product_id: order.product_id,
+        quantity: q,
+        amount: order.total_amount,
+        paid_at,
+        refunded_at: None,
+    };
+    events::record(tx, &[Event::order_refunded(event, now)]).await?;
+    order.status = next;
+    Ok((
+        OrderView::from(&order),
+        Refunded {
+            product_id: order.product_id,
+            quantity: q,
+            paid_day: paid_at.date(),
+        },
+    ))
 }
 
 /// Locks the caller's order row (first in the lock order).
@@ -233,8 +246,8 @@ pub async fn lock(
     tx: &mut MySqlConnection,
     caller: Caller,
     order_id: i64,
-) -> Result<OrderView, AppError> {
-    let order: Option<OrderView> = sqlx::query_as(&format!(
+) -> Result<Order, AppError> {
+    let order: Option<Order> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? FOR UPDATE"
     ))
     .bind(order_id)
@@ -245,28 +258,53 @@ pub async fn lock(
         .ok_or(AppError::OrderNotFound)
 }
 
-/// Ends a PENDING order without payment and gives its units back to available stock.
-/// The caller holds the order's row lock and has checked that it is PENDING, so the
+/// Ends PENDING orders without payment and gives their units back to available stock.
+/// The caller holds the orders' row locks and has checked that they are PENDING, so the
 /// units return exactly once however many cancels and sweeps race.
+///
+/// The products are locked (in id order) *before* the orders change: an order's status is
+/// in the index that backs its product foreign key, so changing it makes InnoDB check the
+/// key with a shared lock on the product row; two releases holding that shared lock and
+/// both wanting the exclusive one would deadlock.
 pub async fn release(
     tx: &mut MySqlConnection,
-    order_id: i64,
-    product_id: i64,
-    quantity: i64,
+    orders: &[Order],
     status: OrderStatus,
 ) -> Result<(), AppError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
     let now = db::now();
-    sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ? AND status = 'PENDING'")
-        .bind(status.as_str())
-        .bind(now)
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE products SET reserved = reserved - ?, updated_at = ? WHERE id = ?")
-        .bind(quantity)
-        .bind(now)
-        .bind(product_id)
-        .execute(&mut *tx)
-        .await?;
+    let mut units: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    for order in orders {
+        *units.entry(order.product_id).or_default() += order.quantity;
+    }
+    let mut lock = sqlx::QueryBuilder::new("SELECT id FROM products WHERE id IN (");
+    let mut ids = lock.separated(", ");
+    for id in units.keys() {
+        ids.push_bind(*id);
+    }
+    lock.push(") ORDER BY id FOR UPDATE");
+    lock.build().fetch_all(&mut *tx).await?;
+    let mut update = sqlx::QueryBuilder::new("UPDATE orders SET status = ");
+    update
+        .push_bind(status.as_str())
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" WHERE status = 'PENDING' AND id IN (");
+    let mut ids = update.separated(", ");
+    for order in orders {
+        ids.push_bind(order.id);
+    }
+    update.push(")");
+    update.build().execute(&mut *tx).await?;
+    for (product_id, quantity) in units {
+        sqlx::query("UPDATE products SET reserved = reserved - ?, updated_at = ? WHERE id = ?")
+            .bind(quantity)
+            .bind(now)
+            .bind(product_id)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(())
 }

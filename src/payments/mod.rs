@@ -1,5 +1,7 @@
-//! Payments: paying a PENDING order with points, all effects in one transaction (SPEC Y1–Y6).
+//! Payments: reading one and listing a user's (SPEC Y1–Y6 are decided by the checkout,
+//! which writes them; a refund marks one REFUNDED).
 
+pub mod domain;
 pub mod routes;
 pub mod service;
 

@@ -1,5 +1,6 @@
 //! Point rules, free of I/O: what a valid charge is and what a balance may hold.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::AppError;
@@ -52,9 +53,18 @@ impl Balance {
 
     /// The balance after charging `amount`, unless that passes the cap.
     pub fn charge(self, amount: Amount) -> Result<Balance, AppError> {
-        match self.0.checked_add(amount.get()) {
+        self.credit(amount.get())
+    }
+
+    /// The balance after points come back (a refund of `amount`), unless that passes the
+    /// cap.
+    pub fn credit(self, amount: i64) -> Result<Balance, AppError> {
+        match self.0.checked_add(amount) {
             Some(after) if after <= MAX_BALANCE => Ok(Balance(after)),
-            _ => Err(AppError::BalanceLimitExceeded { max: MAX_BALANCE }),
+            _ => Err(AppError::BalanceLimitExceeded {
+                balance: self.0,
+                max_balance: MAX_BALANCE,
+            }),
         }
     }
 
@@ -71,7 +81,8 @@ impl Balance {
 }
 
 /// The kind of a point history row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PointKind {
     Charge,
     Use,
@@ -88,13 +99,30 @@ impl PointKind {
     }
 }
 
+impl TryFrom<String> for PointKind {
+    type Error = AppError;
+
+    fn try_from(value: String) -> Result<Self, AppError> {
+        Ok(match value.as_str() {
+            "CHARGE" => PointKind::Charge,
+            "USE" => PointKind::Use,
+            "REFUND" => PointKind::Refund,
+            other => {
+                return Err(AppError::Internal(anyhow::anyhow!(
+                    "unknown point kind {other}"
+                )))
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn code(e: AppError) -> &'static str {
-        e.status_and_code().1
+        e.code().code
     }
 
     #[test]
@@ -137,6 +165,27 @@ mod tests {
             code(Balance::new(5).charge(huge).unwrap_err()),
             "BALANCE_LIMIT_EXCEEDED"
         );
+    }
+
+    #[test]
+    fn a_refund_past_the_cap_is_refused_and_names_the_balance() {
+        assert_eq!(Balance::new(10).credit(5).unwrap().get(), 15);
+        let err = Balance::new(999_990).credit(11).unwrap_err();
+        assert!(matches!(
+            err,
+            AppError::BalanceLimitExceeded {
+                balance: 999_990,
+                max_balance: MAX_BALANCE
+            }
+        ));
+    }
+
+    #[test]
+    fn kinds_read_back_from_their_column() {
+        for k in [PointKind::Charge, PointKind::Use, PointKind::Refund] {
+            assert_eq!(PointKind::try_from(k.as_str().to_string()).unwrap(), k);
+        }
+        assert!(PointKind::try_from("GIFT".to_string()).is_err());
     }
 
     #[test]

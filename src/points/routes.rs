@@ -1,19 +1,24 @@
 //! HTTP routes of the points feature.
 
 use axum::{
-    extract::State, http::StatusCode, response::Response, routing::get, routing::post, Json, Router,
+    extract::{FromRef, State},
+    http::StatusCode,
+    response::Response,
+    routing::get,
+    routing::post,
+    Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::MySqlPool;
 use utoipa::OpenApi;
 
 use super::{domain::Amount, service};
 use crate::{
-    app::AppState,
-    auth::Caller,
+    auth::{Auth, Caller},
     error::AppError,
     http::{pagination::CursorParams, AppJson, AppPath, AppQuery, Id},
-    idempotency::{self, IdempotencyKey},
+    idempotency::IdempotencyKey,
 };
 
 /// OpenAPI description of these routes.
@@ -24,7 +29,12 @@ use crate::{
 )]
 pub struct Api;
 
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    MySqlPool: FromRef<S>,
+    Auth: FromRef<S>,
+{
     Router::new()
         .route("/v1/users/{user_id}/points", get(balance))
         .route("/v1/users/{user_id}/points/charge", post(charge))
@@ -39,13 +49,11 @@ pub fn router() -> Router<AppState> {
         (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn balance(
-    State(state): State<AppState>,
+    State(db): State<MySqlPool>,
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
 ) -> Result<Json<service::PointsView>, AppError> {
-    Ok(Json(
-        service::balance(&state.db, caller, user_id.get()).await?,
-    ))
+    Ok(Json(service::balance(&db, caller, user_id.get()).await?))
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -67,26 +75,20 @@ pub struct ChargeRequest {
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "RATE_LIMITED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn charge(
-    State(state): State<AppState>,
+    State(db): State<MySqlPool>,
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
     key: IdempotencyKey,
     AppJson(body): AppJson<ChargeRequest>,
 ) -> Result<Response, AppError> {
     let amount = Amount::parse(&body.amount)?;
-    let request = (user_id, amount.get());
-    let db = &state.db;
-    idempotency::run(
-        db,
-        key,
+    let claim = key.claim(
         caller.scope("charge"),
-        &request,
+        &(user_id, amount.get()),
         StatusCode::OK,
-        |recorder| async move {
-            service::charge(db, caller, user_id.get(), amount, recorder.as_ref()).await
-        },
-    )
-    .await
+    )?;
+    let outcome = service::charge(&db, caller, user_id.get(), amount, claim.as_ref()).await?;
+    Ok(outcome.respond(StatusCode::OK))
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/points/history", tag = "points", security(("bearer" = [])),
@@ -97,13 +99,13 @@ async fn charge(
         (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn history(
-    State(state): State<AppState>,
+    State(db): State<MySqlPool>,
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
     AppQuery(params): AppQuery<CursorParams>,
 ) -> Result<Json<crate::http::pagination::CursorPage<service::HistoryRow>>, AppError> {
     let page = params.parse()?;
     Ok(Json(
-        service::history(&state.db, caller, user_id.get(), page).await?,
+        service::history(&db, caller, user_id.get(), page).await?,
     ))
 }

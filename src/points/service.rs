@@ -10,10 +10,10 @@ use crate::{
     db,
     error::AppError,
     http::pagination::{CursorPage, CursorQuery},
-    idempotency::Recorder,
+    idempotency::{self, Claim, Outcome},
 };
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PointsView {
     pub user_id: i64,
     pub balance: i64,
@@ -22,8 +22,8 @@ pub struct PointsView {
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryRow {
     pub id: i64,
-    #[schema(example = "CHARGE")]
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: PointKind,
     pub amount: i64,
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,17 +47,17 @@ pub async fn balance(
     Ok(PointsView { user_id, balance })
 }
 
-#[tracing::instrument(skip(pool, recorder))]
+#[tracing::instrument(skip(pool, claim))]
 pub async fn charge(
     pool: &MySqlPool,
     caller: Caller,
     user_id: i64,
     amount: Amount,
-    recorder: Option<&Recorder>,
-) -> Result<PointsView, AppError> {
+    claim: Option<&Claim>,
+) -> Result<Outcome<PointsView, ()>, AppError> {
     caller.act_for(user_id)?;
-    db::transact(pool, recorder, |tx| {
-        Box::pin(charge_in(tx, user_id, amount))
+    idempotency::run(pool, claim, |tx| {
+        Box::pin(async move { Ok((charge_in(tx, user_id, amount).await?, ())) })
     })
     .await
 }
@@ -86,33 +86,41 @@ async fn charge_in(
     if changed == 0 {
         // The user exists, so the cap refused it; the domain says so in its words.
         Balance::new(balance).charge(amount)?;
-        return Err(AppError::BalanceLimitExceeded { max: MAX_BALANCE });
+        return Err(AppError::BalanceLimitExceeded {
+            balance,
+            max_balance: MAX_BALANCE,
+        });
     }
-    record(tx, user_id, PointKind::Charge, amount.get(), balance, None).await?;
+    record(
+        tx,
+        &[(user_id, PointKind::Charge, amount.get(), balance, None)],
+    )
+    .await?;
     Ok(PointsView { user_id, balance })
 }
 
-/// Appends a point history row; the caller holds the user's row lock.
-pub async fn record(
-    tx: &mut MySqlConnection,
-    user_id: i64,
-    kind: PointKind,
-    amount: i64,
-    balance_after: i64,
-    order_id: Option<i64>,
-) -> Result<(), AppError> {
-    sqlx::query(
-        "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(user_id)
-    .bind(kind.as_str())
-    .bind(amount)
-    .bind(balance_after)
-    .bind(order_id)
-    .bind(db::now())
-    .execute(tx)
-    .await?;
+/// One point-history row: user, kind, amount, balance after, order.
+pub type Entry = (i64, PointKind, i64, i64, Option<i64>);
+
+/// Appends point-history rows (one statement for any number); the caller holds the users'
+/// row locks.
+pub async fn record(tx: &mut MySqlConnection, entries: &[Entry]) -> Result<(), AppError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let now = db::now();
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) ",
+    );
+    insert.push_values(entries, |mut row, (user, kind, amount, after, order)| {
+        row.push_bind(user)
+            .push_bind(kind.as_str())
+            .push_bind(amount)
+            .push_bind(after)
+            .push_bind(order)
+            .push_bind(now);
+    });
+    insert.build().execute(&mut *tx).await?;
     Ok(())
 }
 

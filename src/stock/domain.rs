@@ -60,6 +60,36 @@ impl ReserveReply {
     }
 }
 
+/// The hash tag of a product's keys: its stock hash, and anything that must be read with it
+/// in one round trip (one Redis Cluster slot).
+pub fn product_tag(product_id: i64) -> String {
+    format!("{{p{product_id}}}")
+}
+
+/// What Redis says about a product's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    /// The counter: units available (never shown below 0) and sold.
+    Counter { avail: i64, sold: i64 },
+    /// No reservation since Redis last lost the key: the cached row is current.
+    NoCounter,
+    /// Redis is off, down or slow: read MySQL.
+    Unavailable,
+}
+
+impl Live {
+    /// The reply of `HMGET key avail sold`.
+    pub fn from_counter(figures: (Option<i64>, Option<i64>)) -> Self {
+        match figures {
+            (Some(avail), Some(sold)) => Live::Counter {
+                avail: avail.max(0),
+                sold,
+            },
+            _ => Live::NoCounter,
+        }
+    }
+}
+
 /// Why a reservation ends, which decides where its units go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish {
@@ -80,6 +110,11 @@ impl Finish {
             Self::Paid => "sold",
             Self::Cancelled | Self::Expired | Self::Abandoned => "avail",
         }
+    }
+
+    /// Whether the units become available again (someone else may now buy them).
+    pub fn returns_units(self) -> bool {
+        self.field() == "avail"
     }
 
     pub fn label(self) -> &'static str {
@@ -132,7 +167,17 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_below_zero_reads_as_zero() {
+        assert_eq!(
+            Live::from_counter((Some(-2), Some(5))),
+            Live::Counter { avail: 0, sold: 5 }
+        );
+        assert_eq!(Live::from_counter((None, None)), Live::NoCounter);
+    }
+
+    #[test]
     fn product_keys_parse_back_to_ids() {
+        assert_eq!(product_tag(42), "{p42}");
         assert_eq!(product_of_key("c:", "c:{p42}"), Some(42));
         assert_eq!(product_of_key("c:", "c:{sales}:20261124"), None);
         assert_eq!(product_of_key("c:", "d:{p42}"), None);

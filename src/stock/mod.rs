@@ -1,29 +1,38 @@
 //! The stock gate: available stock per product in Redis, reserved and released by Lua
-//! scripts, so that a buyer who cannot be served is refused by Redis alone and a sold-out
-//! product absorbs a flash crowd without touching MySQL.
+//! scripts, so that a buyer who cannot be served is refused by Redis alone — or, once this
+//! instance has heard that a product is sold out, from memory — and a sold-out product
+//! absorbs a flash crowd without touching MySQL. An infrastructure adapter: it imports no
+//! feature.
 //!
 //! MySQL stays the record: an order is written under the product's row lock, a payment's
-//! conditional stock `UPDATE` still decides, and Redis is rebuilt from MySQL whenever it
-//! lost a key. Every product lives in one hash, `<prefix>{p<id>}`:
-//! `avail` (MySQL stock − reserved − in-flight), `sold`, `r:<hold>` = `"q:deadline_ms"` for
-//! reservations whose order is being written, `h:<hold>` = `q` for PENDING orders, and
-//! short-lived tombstones `x:<hold>` for reservations that ended before they were settled.
+//! stock check still decides, and Redis is rebuilt from MySQL whenever it lost a key. Every
+//! product lives in one hash, `<prefix>{p<id>}`: `avail` (MySQL stock − reserved −
+//! in-flight), `sold`, `r:<hold>` = `"q:deadline_ms"` for reservations whose order is being
+//! written, `h:<hold>` = `q` for PENDING orders, and short-lived tombstones `x:<hold>` for
+//! reservations that ended before they were settled.
 //!
 //! The order of a placement: reserve in Redis (refusal ends here) → write the order in
 //! MySQL with its hold token → settle the reservation (or give it back if MySQL refused).
 //! A crash between the first two leaves an in-flight reservation that the reconciler drops
 //! once its deadline passes; every other drift is repaired by [`StockGate::sync`], which
-//! holds the products' shared row locks while it rewrites their hashes, so no order of
-//! those products commits halfway through.
+//! holds the products' shared row locks for one pipelined round trip while it rewrites
+//! their hashes, so no order of those products commits halfway through. A product whose
+//! bookkeeping call failed (a Redis timeout) is re-synced within a second, not at the next
+//! full reconcile.
 
 pub mod domain;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use redis::PushKind;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use domain::{product_of_key, ReserveReply};
-pub use domain::{Finish, Gate, Hold};
+pub use domain::{Finish, Gate, Hold, Live};
 
 use crate::{
     db,
@@ -33,8 +42,10 @@ use crate::{
 
 /// Products rewritten per reconciliation transaction.
 const SYNC_BATCH: usize = 100;
-/// Keys asked for per `SCAN` step.
-const SCAN_COUNT: usize = 1000;
+/// How often products whose Redis bookkeeping failed are re-synced.
+const REPAIR_EVERY: Duration = Duration::from_millis(200);
+/// The channel on which "units of product N can be ordered again" is announced.
+const UNITS_BACK: &str = "events:stock";
 
 struct Scripts {
     reserve: redis::Script,
@@ -52,11 +63,23 @@ pub struct StockGate {
     scripts: Arc<Scripts>,
     /// One rebuild per product at a time in this instance; concurrent misses wait for it.
     rebuilds: moka::future::Cache<i64, ()>,
+    /// Products the gate said were sold out, answered from memory until units come back
+    /// (announced on [`UNITS_BACK`]) or the entry's lifetime ends.
+    sold_out: Option<moka::future::Cache<i64, ()>>,
+    /// Products whose Redis bookkeeping failed, to re-sync from MySQL.
+    dirty: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl StockGate {
-    /// `enabled = false` (STOCK_GATE=mysql) leaves every decision to MySQL.
-    pub fn new(redis: RedisStore, db: MySqlPool, enabled: bool, hold_window: Duration) -> Self {
+    /// `enabled = false` (STOCK_GATE=mysql) leaves every decision to MySQL;
+    /// `sold_out_memory` zero turns the local sold-out answer off.
+    pub fn new(
+        redis: RedisStore,
+        db: MySqlPool,
+        enabled: bool,
+        hold_window: Duration,
+        sold_out_memory: Duration,
+    ) -> Self {
         Self {
             redis,
             db,
@@ -72,6 +95,13 @@ impl StockGate {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_millis(200))
                 .build(),
+            sold_out: (!sold_out_memory.is_zero()).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(sold_out_memory)
+                    .build()
+            }),
+            dirty: Arc::default(),
         }
     }
 
@@ -79,13 +109,10 @@ impl StockGate {
         self.enabled
     }
 
-    /// How long a placement may take between reserving and writing its order.
-    pub fn hold_window(&self) -> Duration {
-        self.hold_window
-    }
-
-    fn key(&self, product_id: i64) -> String {
-        self.redis.key(&format!("{{p{product_id}}}"))
+    /// The key of a product's hash. Keys that must be read with it in one round trip
+    /// (the catalog's cached row) append to it, keeping its hash tag.
+    pub fn product_key(&self, product_id: i64) -> String {
+        self.redis.key(&domain::product_tag(product_id))
     }
 
     /// Tries to take `quantity` units for `hold`.
@@ -93,13 +120,18 @@ impl StockGate {
         if !self.enabled {
             return Gate::Bypass;
         }
+        if let Some(memory) = &self.sold_out {
+            if memory.contains_key(&product_id) {
+                return outcome(Gate::Refused { available: 0 }, "sold_out_local");
+            }
+        }
         for attempt in 0..2 {
             let reply = self
                 .redis
                 .script::<(i64, i64)>(
                     self.scripts
                         .reserve
-                        .key(self.key(product_id))
+                        .key(self.product_key(product_id))
                         .arg(hold.as_str())
                         .arg(quantity)
                         .arg(self.hold_window.as_millis() as u64),
@@ -109,7 +141,17 @@ impl StockGate {
             match reply {
                 Ok(ReserveReply::Reserved) => return outcome(Gate::Reserved, "reserved"),
                 Ok(ReserveReply::Refused { available }) => {
-                    return outcome(Gate::Refused { available }, "sold_out")
+                    if available <= 0 {
+                        if let Some(memory) = &self.sold_out {
+                            memory.insert(product_id, ()).await;
+                        }
+                    }
+                    return outcome(
+                        Gate::Refused {
+                            available: available.max(0),
+                        },
+                        "sold_out",
+                    );
                 }
                 Ok(ReserveReply::Missing) if attempt == 0 => {
                     if self.rebuild(product_id).await.is_err() {
@@ -122,49 +164,51 @@ impl StockGate {
         outcome(Gate::Bypass, "mysql_fallback")
     }
 
-    /// After the order committed as PENDING: the reservation is now held by it.
-    pub async fn settle(&self, product_id: i64, hold: &Hold, quantity: i64) {
-        if !self.enabled {
+    /// After orders committed as PENDING: their reservations are now held by them.
+    pub async fn settle(&self, product_id: i64, holds: &[(Hold, i64)]) {
+        if !self.enabled || holds.is_empty() {
             return;
         }
-        let settled = self
-            .redis
-            .script::<i64>(
-                self.scripts
-                    .settle
-                    .key(self.key(product_id))
-                    .arg(hold.as_str())
-                    .arg(quantity),
-            )
-            .await;
-        if let Err(e) = settled {
-            tracing::debug!(product_id, error = %e, "settling a reservation failed; the reconciler will");
+        let mut call = self.scripts.settle.key(self.product_key(product_id));
+        for (hold, quantity) in holds {
+            call.arg(hold.as_str()).arg(*quantity);
+        }
+        match self.redis.script::<(i64, i64)>(&call).await {
+            // Units taken now that Redis had not reserved: a negative count means Redis
+            // had drifted below MySQL; bring the product back from MySQL.
+            Ok((_, avail)) if avail < 0 => self.mark_dirty(product_id),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(product_id, error = %e, "settling reservations failed; re-syncing the product");
+                self.mark_dirty(product_id);
+            }
         }
     }
 
-    /// Ends a reservation after MySQL committed its end (or refused its order). Idempotent.
-    pub async fn finish(&self, product_id: i64, hold: &Hold, how: Finish) {
-        if !self.enabled {
+    /// Ends reservations after MySQL committed their end (or refused their orders).
+    /// Idempotent per hold.
+    pub async fn finish(&self, product_id: i64, holds: &[Hold], how: Finish) {
+        if !self.enabled || holds.is_empty() {
             return;
         }
-        let moved = self
-            .redis
-            .script::<i64>(
-                self.scripts
-                    .finish
-                    .key(self.key(product_id))
-                    .arg(hold.as_str())
-                    .arg(how.field())
-                    .arg(self.hold_window.as_millis() as u64),
-            )
-            .await;
-        match moved {
-            Ok(0) => {}
-            Ok(_) => {
-                metrics::counter!("stock_reservations_total", "outcome" => how.label()).increment(1)
+        let mut call = self.scripts.finish.key(self.product_key(product_id));
+        call.arg(how.field())
+            .arg(self.hold_window.as_millis() as u64);
+        for hold in holds {
+            call.arg(hold.as_str());
+        }
+        match self.redis.script::<(i64, i64)>(&call).await {
+            Ok((0, _)) => {}
+            Ok((moved, avail)) => {
+                metrics::counter!("stock_reservations_total", "outcome" => how.label())
+                    .increment(holds.len() as u64);
+                if how.returns_units() && moved > 0 && avail > 0 {
+                    self.units_back(product_id).await;
+                }
             }
             Err(e) => {
-                tracing::debug!(product_id, error = %e, "finishing a reservation failed; the reconciler will")
+                tracing::debug!(product_id, error = %e, "finishing reservations failed; re-syncing the product");
+                self.mark_dirty(product_id);
             }
         }
     }
@@ -179,12 +223,115 @@ impl StockGate {
             return Live::Unavailable;
         }
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.key(product_id)).arg("avail").arg("sold");
+        cmd.arg(self.product_key(product_id))
+            .arg("avail")
+            .arg("sold");
         match self.redis.cmd::<(Option<i64>, Option<i64>)>(&cmd).await {
-            Ok((Some(avail), Some(sold))) => Live::Counter { avail, sold },
-            Ok(_) => Live::NoCounter,
+            Ok(figures) => Live::from_counter(figures),
             Err(_) => Live::Unavailable,
         }
+    }
+
+    /// The live figures and the string at `row_key` (a key in the product's slot), in one
+    /// round trip.
+    pub async fn live_with(&self, product_id: i64, row_key: &str) -> (Live, Option<Vec<u8>>) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.product_key(product_id))
+            .arg("avail")
+            .arg("sold")
+            .cmd("GET")
+            .arg(row_key);
+        match self
+            .redis
+            .pipe::<((Option<i64>, Option<i64>), Option<Vec<u8>>)>(&pipe)
+            .await
+        {
+            Ok((figures, row)) if self.enabled => (Live::from_counter(figures), row),
+            Ok((_, row)) => (Live::Unavailable, row),
+            Err(_) => (Live::Unavailable, None),
+        }
+    }
+
+    /// Tells every instance (this one too) that `product_id` has units again, so that none
+    /// keeps refusing it from memory.
+    pub async fn units_back(&self, product_id: i64) {
+        if let Some(memory) = &self.sold_out {
+            memory.invalidate(&product_id).await;
+        }
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(self.redis.key(UNITS_BACK))
+            .arg(product_id.to_string());
+        if let Err(e) = self.redis.cmd::<i64>(&publish).await {
+            tracing::debug!(product_id, error = %e, "units-back not announced; other instances forget within the memory's lifetime");
+        }
+    }
+
+    /// Forgets sold-out answers when another instance announces units back, until the
+    /// process ends (resubscribing after a lost connection, and forgetting everything then:
+    /// announcements may have been missed).
+    pub fn spawn_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let memory = self.sold_out.clone()?;
+        let redis = self.redis.clone();
+        let channel = redis.key(UNITS_BACK);
+        Some(tokio::spawn(async move {
+            loop {
+                match redis.subscribe(std::slice::from_ref(&channel)).await {
+                    Ok(mut pushes) => {
+                        while let Some(push) = pushes.recv().await {
+                            match push.kind {
+                                PushKind::Message => {
+                                    let id = push.data.last().and_then(|v| {
+                                        redis::from_redis_value::<String>(v.clone()).ok()
+                                    });
+                                    match id.and_then(|id| id.parse::<i64>().ok()) {
+                                        Some(id) => memory.invalidate(&id).await,
+                                        None => memory.invalidate_all(),
+                                    }
+                                }
+                                PushKind::Disconnection | PushKind::Subscribe => {
+                                    memory.invalidate_all()
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "units-back listener not subscribed"),
+                }
+                memory.invalidate_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
+    fn mark_dirty(&self, product_id: i64) {
+        if let Ok(mut dirty) = self.dirty.lock() {
+            dirty.insert(product_id);
+        }
+    }
+
+    /// Re-syncs the products whose bookkeeping failed, every `REPAIR_EVERY`, until the
+    /// process ends; a product stays marked until its sync succeeds.
+    pub fn spawn_repairs(&self) -> tokio::task::JoinHandle<()> {
+        let gate = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REPAIR_EVERY).await;
+                let ids: Vec<i64> = match gate.dirty.lock() {
+                    Ok(mut dirty) => dirty.drain().collect(),
+                    Err(_) => continue,
+                };
+                for batch in ids.chunks(SYNC_BATCH) {
+                    if let Err(e) = gate.sync(batch).await {
+                        tracing::debug!(error = %e, "re-syncing products failed; trying again");
+                        if let Ok(mut dirty) = gate.dirty.lock() {
+                            dirty.extend(batch);
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Builds one product's key from MySQL, once at a time per product in this instance.
@@ -201,12 +348,14 @@ impl StockGate {
     /// Rewrites the hashes of `ids` from MySQL under the products' shared row locks;
     /// returns how many products exist.
     pub async fn sync(&self, ids: &[i64]) -> Result<usize, AppError> {
-        if ids.is_empty() {
+        if ids.is_empty() || !self.enabled {
             return Ok(0);
         }
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         let gate = self.clone();
-        let ids = ids.to_vec();
-        db::transact(&self.db, None, move |tx| {
+        db::transact(&self.db, move |tx| {
             let (gate, ids) = (gate.clone(), ids.clone());
             Box::pin(async move { gate.sync_in(tx, &ids).await })
         })
@@ -235,13 +384,20 @@ impl StockGate {
                 .or_default()
                 .push((hold, quantity));
         }
-        for (id, avail, sold) in &products {
-            let mut call = self.scripts.sync.key(self.key(*id));
-            call.arg(avail).arg(sold);
-            for (hold, quantity) in by_product.get(id).into_iter().flatten() {
-                call.arg(hold).arg(quantity);
-            }
-            let (before, after): (i64, i64) = self.redis.script(&call).await?;
+        let calls: Vec<_> = products
+            .iter()
+            .map(|(id, avail, sold)| {
+                let mut call = self.scripts.sync.key(self.product_key(*id));
+                call.arg(avail).arg(sold);
+                for (hold, quantity) in by_product.get(id).into_iter().flatten() {
+                    call.arg(hold).arg(quantity);
+                }
+                call
+            })
+            .collect();
+        // Every product's script in one pipelined round trip, while the locks are held.
+        let replies: Vec<(i64, i64)> = self.redis.background().scripts(&calls).await?;
+        for ((id, ..), (before, after)) in products.iter().zip(replies) {
             if before >= 0 && before != after {
                 metrics::counter!("stock_drift_repaired_total").increment(1);
                 tracing::info!(
@@ -251,53 +407,32 @@ impl StockGate {
                     "repaired available stock in Redis"
                 );
             }
+            if after > 0 && before <= 0 {
+                self.units_back(*id).await;
+            }
         }
         Ok(products.len())
     }
 
     /// Repairs every product hash present in Redis (start-up, every interval, and when
-    /// Redis comes back). Missing keys need nothing: they are built on first use.
+    /// Redis comes back), on every master of a cluster. Missing keys need nothing: they are
+    /// built on first use.
     pub async fn reconcile(&self) -> Result<usize, AppError> {
         if !self.enabled {
             return Ok(0);
         }
-        let prefix = self.redis.prefix().to_string();
-        let pattern = format!("{prefix}{{p*}}");
-        let (mut cursor, mut repaired) = (0u64, 0);
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = self.redis.cmd(&scan).await?;
-            let ids: Vec<i64> = keys
-                .iter()
-                .filter_map(|k| product_of_key(&prefix, k))
-                .collect();
-            for batch in ids.chunks(SYNC_BATCH) {
-                repaired += self.sync(batch).await?;
-            }
-            if next == 0 {
-                return Ok(repaired);
-            }
-            cursor = next;
+        let redis = self.redis.background();
+        let keys = redis.scan("{p*}").await?;
+        let ids: Vec<i64> = keys
+            .iter()
+            .filter_map(|k| product_of_key(redis.prefix(), k))
+            .collect();
+        let mut repaired = 0;
+        for batch in ids.chunks(SYNC_BATCH) {
+            repaired += self.sync(batch).await?;
         }
+        Ok(repaired)
     }
-}
-
-/// What Redis says about a product's figures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Live {
-    Counter {
-        avail: i64,
-        sold: i64,
-    },
-    /// No reservation since Redis last lost the key: the cached row is current.
-    NoCounter,
-    /// Redis is off, down or slow: read MySQL.
-    Unavailable,
 }
 
 fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -12,7 +12,7 @@ use commerce_api::{
     app::{serve, spawn_background},
     auth::TokenService,
     build_app,
-    config::{AuthConfig, Config, LogFormat, RateLimitConfig},
+    config::{AuthConfig, Config, LogFormat, RateLimitConfig, RedisTarget},
     db, AppState,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use sqlx::MySqlPool;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes";
 
 pub struct TestApp {
     pub base: String,
@@ -62,14 +62,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The Redis the tests share (each under its own prefix).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 pub fn test_config() -> Config {
     let base = std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "mysql://commerce:commerce@127.0.0.1:3306".into());
     let name = unique_name();
     Config {
         database_url: format!("{}/{}", base.trim_end_matches('/'), name),
-        redis_url: std::env::var("TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        database_read_url: None,
+        replica_max_lag: Duration::from_secs(2),
+        redis: RedisTarget::Single(redis_url()),
         bind_addr: "127.0.0.1:0".parse().expect("address"),
         admin_token: Some(ADMIN_TOKEN.into()),
         auth: AuthConfig {
@@ -80,11 +86,14 @@ pub fn test_config() -> Config {
             token_ttl: Duration::from_secs(3600),
         },
         order_ttl: Duration::from_secs(600),
+        refund_window: Duration::from_secs(7 * 86_400),
         sweep_interval: Duration::from_millis(100),
         redis_prefix: format!("{name}:"),
         redis_timeout: Duration::from_millis(250),
         stock_gate: true,
         reservation_hold: Duration::from_secs(10),
+        sold_out_memory: Duration::from_secs(1),
+        batch_max: 64,
         // Only at start-up unless a test asks: a reconciler repairing Redis behind a test's
         // back would hide the drift the test looks for.
         reconcile_interval: Duration::from_secs(3600),
@@ -129,7 +138,9 @@ async fn start(config: Config) -> TestApp {
         .await
         .expect("test database");
     let tokens = TokenService::new(&config.auth);
-    let state = AppState::new(config.clone(), pool.clone(), Some(metrics_handle())).expect("state");
+    let state = AppState::new(config.clone(), pool.clone(), Some(metrics_handle()))
+        .await
+        .expect("state");
     spawn_background(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -150,6 +161,27 @@ async fn start(config: Config) -> TestApp {
         tokens,
         config,
     }
+}
+
+/// How many statements of this app's database that start with `sql` are running now (one
+/// waiting on a row lock shows here): the barrier for "the request is now blocked".
+pub async fn statements_running(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE ?",
+    )
+    .bind(format!("{sql}%"))
+    .fetch_one(&app.db)
+    .await
+    .expect("processlist")
+}
+
+/// A problem without its `request_id` (which differs per request by design).
+pub fn without_request_id(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("request_id");
+    }
+    body
 }
 
 /// A response read whole: status, a header or two, and the JSON body.
@@ -191,6 +223,13 @@ impl Reply {
             self.body["type"].is_string()
                 && self.body["title"].is_string()
                 && self.body["detail"].is_string()
+        );
+        assert_eq!(
+            self.body["request_id"].as_str(),
+            self.headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            "a problem carries its response's request id: {self:?}"
         );
     }
 
@@ -399,8 +438,12 @@ impl TestApp {
         ids.into_iter().map(|id| (id, self.token(id))).collect()
     }
 
+    /// A client of this app's Redis (one server).
     pub fn redis(&self) -> redis::Client {
-        redis::Client::open(self.config.redis_url.as_str()).expect("redis client")
+        match &self.config.redis {
+            RedisTarget::Single(url) => redis::Client::open(url.as_str()).expect("redis client"),
+            RedisTarget::Cluster(_) => panic!("this helper speaks to one Redis server"),
+        }
     }
 
     /// The stock gate's hash of a product: (avail, sold, PENDING reservations held, in-flight).

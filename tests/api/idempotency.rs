@@ -136,27 +136,93 @@ async fn malformed_keys_are_400() {
     assert_eq!(app.balance(user).await, 0);
 }
 
-#[tokio::test]
-async fn a_key_held_by_a_request_in_flight_is_409_in_progress_and_nothing_runs() {
+/// Holds the claim of `(user, key)` for a charge of `amount`, as a request in flight does:
+/// an uncommitted claim row in an open transaction.
+async fn hold_claim(
+    app: &crate::helpers::TestApp,
+    user: i64,
+    key: &str,
+    amount: i64,
+) -> sqlx::Transaction<'static, sqlx::MySql> {
     use sha2::{Digest, Sha256};
-    let app = spawn_app().await;
-    let (user, token) = app.funded_user(0).await;
-    // Another request holds the claim for this very request (same scope, key and hash)
-    // and is still inside its lease.
-    let hash = hex::encode(Sha256::digest(serde_json::to_vec(&(user, 5)).unwrap()));
+    let hash = hex::encode(Sha256::digest(serde_json::to_vec(&(user, amount)).unwrap()));
+    let mut tx = app.db.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, status, locked_until, created_at) \
-         VALUES (?, 'busy', ?, 'IN_PROGRESS', UTC_TIMESTAMP(6) + INTERVAL 1 MINUTE, UTC_TIMESTAMP(6))",
+        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, created_at) \
+         VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
     )
     .bind(format!("user:{user}|charge"))
+    .bind(key)
     .bind(hash)
-    .execute(&app.db)
+    .execute(&mut *tx)
     .await
     .unwrap();
+    tx
+}
+
+#[tokio::test]
+async fn a_duplicate_waits_for_the_request_in_flight_and_replays_its_answer() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let mut first = hold_claim(&app, user, "busy", 5).await;
+    let path = format!("/v1/users/{user}/points/charge");
+    let duplicate = tokio::spawn({
+        let (client, url, token) = (app.client.clone(), app.url(&path), token.clone());
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", "busy")
+                .json(&json!({"amount": 5}))
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::Reply::read(r).await
+        }
+    });
+    // The duplicate is now waiting on the claim's row lock (MySQL shows its statement).
+    let start = std::time::Instant::now();
+    while crate::helpers::statements_running(&app, "INSERT INTO idempotency_keys").await == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(4),
+            "nobody waits"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The first request finishes: its answer commits with its claim.
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = 200, response_body = ? WHERE scope = ? AND idem_key = 'busy'",
+    )
+    .bind(json!({"user_id": user, "balance": 777}).to_string())
+    .bind(format!("user:{user}|charge"))
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    first.commit().await.unwrap();
+    let r = duplicate.await.unwrap();
+    assert_eq!(
+        r.assert_status(200),
+        &json!({"user_id": user, "balance": 777})
+    );
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+    assert_eq!(app.balance(user).await, 0, "the duplicate ran nothing");
+}
+
+#[tokio::test]
+async fn a_key_held_past_the_lock_wait_is_409_in_progress_and_nothing_runs() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(0).await;
+    let first = hold_claim(&app, user, "stuck", 5).await;
     let path = format!("/v1/users/{user}/points/charge");
     let r = app
-        .post_with_key(&path, Some(&token), json!({"amount": 5}), Some("busy"))
+        .post_with_key(&path, Some(&token), json!({"amount": 5}), Some("stuck"))
         .await;
     r.assert_problem(409, "IDEMPOTENCY_IN_PROGRESS");
     assert_eq!(app.balance(user).await, 0);
+    // The holder dies (its transaction rolls back): the key is free at once.
+    first.rollback().await.unwrap();
+    app.post_with_key(&path, Some(&token), json!({"amount": 5}), Some("stuck"))
+        .await
+        .assert_status(200);
+    assert_eq!(app.balance(user).await, 5);
 }

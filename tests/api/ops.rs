@@ -1,5 +1,7 @@
 //! Operational routes and infrastructure failures.
 
+use commerce_api::config::RedisTarget;
+
 use crate::helpers::{spawn_app, spawn_with};
 
 #[tokio::test]
@@ -46,7 +48,7 @@ async fn a_request_id_is_returned() {
 
 #[tokio::test]
 async fn without_redis_the_service_is_ready_but_degraded() {
-    let app = spawn_with(|c| c.redis_url = "redis://127.0.0.1:1".into()).await;
+    let app = spawn_with(|c| c.redis = RedisTarget::Single("redis://127.0.0.1:1".into())).await;
     let r = app.get("/readyz", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["redis"], "degraded");

@@ -14,8 +14,13 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
+use commerce_api::config::RedisTarget;
+
 use crate::{
-    helpers::{free_port, spawn_app, spawn_sharing, spawn_with, TestApp, ADMIN_TOKEN, JWT_SECRET},
+    helpers::{
+        free_port, redis_url, spawn_app, spawn_sharing, spawn_with, TestApp, ADMIN_TOKEN,
+        JWT_SECRET,
+    },
     proxy::{Mode, Proxy},
 };
 
@@ -178,7 +183,7 @@ async fn with_the_gate_off_mysql_alone_still_never_oversells() {
 async fn a_flushed_redis_comes_back_right_stock_reservations_and_ranking() {
     // Its own Redis database, so that FLUSHDB is this app's FLUSHALL and nobody else's.
     let app = spawn_with(|c| {
-        c.redis_url = format!("{}/7", c.redis_url.trim_end_matches('/'));
+        c.redis = RedisTarget::Single(format!("{}/7", redis_url().trim_end_matches('/')));
         c.reconcile_interval = Duration::from_millis(300);
         c.db_max_connections = 30;
     })
@@ -228,14 +233,14 @@ async fn a_flushed_redis_comes_back_right_stock_reservations_and_ranking() {
 
 #[tokio::test]
 async fn with_redis_gone_or_hanging_orders_and_payments_go_on_through_mysql() {
-    let upstream = crate::helpers::test_config().redis_url;
+    let upstream = redis_url();
     let upstream = upstream
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .to_string();
     let proxy = Proxy::start(&upstream).await;
     let app = spawn_with(|c| {
-        c.redis_url = proxy.url.clone();
+        c.redis = RedisTarget::Single(proxy.url.clone());
         c.db_max_connections = 30;
         // A reservation whose settle was lost with Redis is given back after its deadline.
         c.reservation_hold = Duration::from_secs(2);
@@ -290,7 +295,7 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
     let port = free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
         .env("DATABASE_URL", &app.config.database_url)
-        .env("REDIS_URL", &app.config.redis_url)
+        .env("REDIS_URL", redis_url())
         .env("REDIS_PREFIX", &app.config.redis_prefix)
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("AUTH_JWT_SECRET", JWT_SECRET)

@@ -1,25 +1,35 @@
--- Ends the reservation of hold ARGV[1]: its units go to ARGV[2], 'avail' (cancelled,
--- expired, or the order was never written) or 'sold' (paid).
--- KEYS[1]: the product's hash. Idempotent: the reservation is removed as its units move,
--- so a second call (a cancel racing the sweeper) finds nothing and returns 0.
--- Ending a reservation that was never settled leaves a tombstone x:<hold> (until ARGV[3]
+-- Ends the reservations of holds ARGV[3..]: their units go to ARGV[1], 'avail' (cancelled,
+-- expired, refunded, or the order was never written) or 'sold' (paid).
+-- KEYS[1]: the product's hash. Idempotent: a reservation is removed as its units move, so
+-- a second call (a cancel racing the sweeper) finds nothing and moves nothing.
+-- Ending a reservation that was never settled leaves a tombstone x:<hold> (until ARGV[2]
 -- ms from now), so that a late settle does not take the units again.
+-- Returns {units moved, avail after} ({0, -1} without a counter).
 local key = KEYS[1]
-local field = 'h:' .. ARGV[1]
-local value = redis.call('HGET', key, field)
-if not value then
-  field = 'r:' .. ARGV[1]
-  value = redis.call('HGET', key, field)
+if redis.call('HEXISTS', key, 'avail') == 0 then
+  return {0, -1}
 end
-if not value then
-  return 0
+local moved = 0
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local hold = ARGV[i]
+  local field = 'h:' .. hold
+  local value = redis.call('HGET', key, field)
+  if not value then
+    field = 'r:' .. hold
+    value = redis.call('HGET', key, field)
+  end
+  if value then
+    local q = tonumber(string.match(value, '^(%d+)'))
+    redis.call('HDEL', key, field)
+    if string.sub(field, 1, 2) == 'r:' then
+      redis.call('HSET', key, 'x:' .. hold, string.format('%d', until_ms))
+    end
+    moved = moved + q
+  end
 end
-local q = tonumber(string.match(value, '^(%d+)'))
-redis.call('HDEL', key, field)
-if string.sub(field, 1, 2) == 'r:' then
-  local t = redis.call('TIME')
-  local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
-  redis.call('HSET', key, 'x:' .. ARGV[1], string.format('%d', until_ms))
+if moved > 0 then
+  redis.call('HINCRBY', key, ARGV[1], moved)
 end
-redis.call('HINCRBY', key, ARGV[2], q)
-return q
+return {moved, tonumber(redis.call('HGET', key, 'avail'))}

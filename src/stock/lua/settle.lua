@@ -1,25 +1,28 @@
--- The MySQL order of hold ARGV[1] (ARGV[2] units) has committed as PENDING.
--- KEYS[1]: the product's hash.
+-- The MySQL orders of holds ARGV[1], ARGV[3], ... (ARGV[2], ARGV[4], ... units each) have
+-- committed as PENDING. KEYS[1]: the product's hash.
 -- An in-flight reservation becomes a held one. When Redis never saw the reservation (the
 -- order took the MySQL path, or the key was rebuilt in between) the units are taken now,
 -- so Redis again agrees with MySQL; unless the reservation has already ended (a tombstone
--- x:<hold>: the order expired or was paid before this call). Returns 0 no key, 1 settled,
--- 2 taken now, 3 already ended.
+-- x:<hold>: the order expired or was paid before this call). Without a counter there is
+-- nothing to settle: the next reservation builds it from MySQL.
+-- Returns {holds whose units were taken now, avail after} ({-1, 0} without a counter).
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then
-  return 0
+if redis.call('HEXISTS', key, 'avail') == 0 then
+  return {-1, 0}
 end
-if redis.call('HDEL', key, 'x:' .. ARGV[1]) == 1 then
-  return 3
+local taken = 0
+for i = 1, #ARGV, 2 do
+  local hold, q = ARGV[i], ARGV[i + 1]
+  if redis.call('HDEL', key, 'x:' .. hold) == 1 then
+    -- already ended
+  elseif redis.call('HEXISTS', key, 'h:' .. hold) == 1 then
+    -- already settled
+  elseif redis.call('HDEL', key, 'r:' .. hold) == 1 then
+    redis.call('HSET', key, 'h:' .. hold, q)
+  else
+    redis.call('HINCRBY', key, 'avail', -tonumber(q))
+    redis.call('HSET', key, 'h:' .. hold, q)
+    taken = taken + 1
+  end
 end
-local held = 'h:' .. ARGV[1]
-if redis.call('HEXISTS', key, held) == 1 then
-  return 1
-end
-if redis.call('HDEL', key, 'r:' .. ARGV[1]) == 1 then
-  redis.call('HSET', key, held, ARGV[2])
-  return 1
-end
-redis.call('HINCRBY', key, 'avail', -tonumber(ARGV[2]))
-redis.call('HSET', key, held, ARGV[2])
-return 2
+return {taken, tonumber(redis.call('HGET', key, 'avail'))}

@@ -1,0 +1,360 @@
+//! The rules of one checkout batch, free of I/O.
+//!
+//! A batch has locked its rows (the orders it pays, their users and the placers, the
+//! product); [`decide`] then takes its requests in arrival order and decides each one on
+//! its own, exactly as if they had run one after another: a refusal changes nothing and
+//! touches no neighbour, and every acceptance is seen by the requests after it (two orders
+//! of one user share one balance, units taken by one placement are gone for the next).
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+
+use crate::{
+    auth::Caller,
+    error::AppError,
+    orders::domain::{check_price, total, Order, Quantity},
+    points::domain::Balance,
+};
+
+/// The product row as locked: its price and stock figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProductRow {
+    pub price: i64,
+    /// Units not yet sold (reserved ones included).
+    pub stock: i64,
+    /// Units held by PENDING orders.
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+impl ProductRow {
+    /// What a new order may still take.
+    pub fn available(&self) -> i64 {
+        self.stock - self.reserved
+    }
+}
+
+/// The rows a batch holds locks on, updated as its requests are decided.
+#[derive(Clone, Debug, Default)]
+pub struct Locked {
+    /// `None`: no such product.
+    pub product: Option<ProductRow>,
+    /// Balance of every user the batch locked (placers and payers).
+    pub balances: HashMap<i64, i64>,
+    /// The orders the batch pays, by id.
+    pub orders: HashMap<i64, Order>,
+}
+
+/// One request of a batch, as the rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A new order of `quantity` units at the unit `price` the buyer saw.
+    Place {
+        user_id: i64,
+        quantity: Quantity,
+        price: i64,
+    },
+    /// The payment of an order by `caller` (another user's order reads as missing).
+    Pay { caller: Caller, order_id: i64 },
+    /// Already answered before the rules (a replayed key, a key in use).
+    Answered,
+}
+
+/// An accepted placement: the order row to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub user_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub total_amount: i64,
+}
+
+/// An accepted payment: what to write for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paid {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub quantity: i64,
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Answered,
+    Place(Result<Placed, AppError>),
+    Pay(Result<Paid, AppError>),
+}
+
+/// Decides every request in order against `locked`, which ends as the rows must be written.
+pub fn decide(locked: &mut Locked, requests: &[Request], now: NaiveDateTime) -> Vec<Decision> {
+    requests
+        .iter()
+        .map(|request| match *request {
+            Request::Answered => Decision::Answered,
+            Request::Place {
+                user_id,
+                quantity,
+                price,
+            } => Decision::Place(place(locked, user_id, quantity, price)),
+            Request::Pay { caller, order_id } => Decision::Pay(pay(locked, caller, order_id, now)),
+        })
+        .collect()
+}
+
+fn place(
+    locked: &mut Locked,
+    user_id: i64,
+    quantity: Quantity,
+    seen: i64,
+) -> Result<Placed, AppError> {
+    let product = locked.product.as_mut().ok_or(AppError::ProductNotFound)?;
+    if !locked.balances.contains_key(&user_id) {
+        return Err(AppError::UserNotFound);
+    }
+    check_price(seen, product.price)?;
+    let q = quantity.get();
+    if q > product.available() {
+        return Err(AppError::OutOfStock {
+            available: product.available().max(0),
+            requested: q,
+        });
+    }
+    let total_amount = total(product.price, quantity)?;
+    product.reserved += q;
+    Ok(Placed {
+        user_id,
+        quantity: q,
+        unit_price: product.price,
+        total_amount,
+    })
+}
+
+fn pay(
+    locked: &mut Locked,
+    caller: Caller,
+    order_id: i64,
+    now: NaiveDateTime,
+) -> Result<Paid, AppError> {
+    let order = locked
+        .orders
+        .get_mut(&order_id)
+        .filter(|o| caller.owns(o.user_id))
+        .ok_or(AppError::OrderNotFound)?;
+    let next = order.status.pay(order.expires_at <= now)?;
+    let balance = *locked
+        .balances
+        .get(&order.user_id)
+        .ok_or(AppError::UserNotFound)?;
+    let after = Balance::new(balance).pay(order.total_amount)?;
+    let product = locked.product.as_mut().ok_or(AppError::ProductNotFound)?;
+    let q = order.quantity;
+    if product.stock < q || product.reserved < q {
+        return Err(AppError::OutOfStock {
+            available: product.available().max(0),
+            requested: q,
+        });
+    }
+    product.stock -= q;
+    product.reserved -= q;
+    product.sold += q;
+    locked.balances.insert(order.user_id, after.get());
+    order.status = next;
+    order.paid_at = Some(now);
+    Ok(Paid {
+        order_id,
+        user_id: order.user_id,
+        quantity: q,
+        amount: order.total_amount,
+        balance_after: after.get(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orders::domain::OrderStatus;
+
+    fn now() -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(2_000_000_000, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    fn order(id: i64, user_id: i64, quantity: i64, total_amount: i64) -> Order {
+        Order {
+            id,
+            user_id,
+            product_id: 7,
+            quantity,
+            unit_price: total_amount / quantity,
+            total_amount,
+            status: OrderStatus::Pending,
+            created_at: now(),
+            expires_at: now() + chrono::Duration::minutes(10),
+            paid_at: None,
+            hold: format!("h{id}"),
+        }
+    }
+
+    fn locked(stock: i64, reserved: i64, users: &[(i64, i64)], orders: Vec<Order>) -> Locked {
+        Locked {
+            product: Some(ProductRow {
+                price: 100,
+                stock,
+                reserved,
+                sold: 0,
+            }),
+            balances: users.iter().copied().collect(),
+            orders: orders.into_iter().map(|o| (o.id, o)).collect(),
+        }
+    }
+
+    fn pay(user: i64, order_id: i64) -> Request {
+        Request::Pay {
+            caller: Caller::User(user),
+            order_id,
+        }
+    }
+
+    fn place(user_id: i64, quantity: i64, price: i64) -> Request {
+        Request::Place {
+            user_id,
+            quantity: Quantity::parse(quantity).unwrap(),
+            price,
+        }
+    }
+
+    fn code(d: &Decision) -> &'static str {
+        match d {
+            Decision::Place(Err(e)) | Decision::Pay(Err(e)) => e.code().code,
+            Decision::Place(Ok(_)) | Decision::Pay(Ok(_)) => "OK",
+            Decision::Answered => "ANSWERED",
+        }
+    }
+
+    #[test]
+    fn two_payments_of_one_user_see_each_others_deductions() {
+        let mut l = locked(
+            10,
+            3,
+            &[(1, 250)],
+            vec![
+                order(1, 1, 1, 100),
+                order(2, 1, 1, 100),
+                order(3, 1, 1, 100),
+            ],
+        );
+        let d = decide(&mut l, &[pay(1, 1), pay(1, 2), pay(1, 3)], now());
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            ["OK", "OK", "INSUFFICIENT_POINTS"]
+        );
+        assert_eq!(l.balances[&1], 50);
+        let p = l.product.unwrap();
+        assert_eq!((p.stock, p.reserved, p.sold), (8, 1, 2));
+        assert_eq!(l.orders[&3].status, OrderStatus::Pending);
+        match &d[2] {
+            Decision::Pay(Err(AppError::InsufficientPoints { balance, required })) => {
+                assert_eq!((*balance, *required), (50, 100))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_request_fails_alone() {
+        let mut expired = order(2, 2, 1, 100);
+        expired.expires_at = now();
+        let mut paid = order(3, 3, 1, 100);
+        paid.status = OrderStatus::Paid;
+        let mut l = locked(
+            10,
+            3,
+            &[(1, 1000), (2, 1000), (3, 1000), (4, 1000)],
+            vec![order(1, 1, 1, 100), expired, paid],
+        );
+        let requests = [
+            pay(1, 1),
+            pay(2, 2),
+            pay(3, 3),
+            place(4, 1, 90),
+            place(99, 1, 100),
+            pay(4, 1), // user 4 paying user 1's order: as if missing
+            pay(1, 1), // paid a moment ago in this very batch
+            Request::Answered,
+            place(4, 2, 100),
+        ];
+        let d = decide(&mut l, &requests, now());
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            [
+                "OK",
+                "ORDER_NOT_PAYABLE",
+                "ORDER_NOT_PAYABLE",
+                "PRICE_MISMATCH",
+                "USER_NOT_FOUND",
+                "ORDER_NOT_FOUND",
+                "ORDER_NOT_PAYABLE",
+                "ANSWERED",
+                "OK"
+            ]
+        );
+        let p = l.product.unwrap();
+        assert_eq!((p.stock, p.reserved, p.sold), (9, 4, 1));
+    }
+
+    #[test]
+    fn another_users_order_reads_as_missing() {
+        let mut l = locked(10, 1, &[(1, 1000)], vec![order(1, 1, 1, 100)]);
+        let d = decide(&mut l, &[pay(2, 1), pay(1, 404)], now());
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            ["ORDER_NOT_FOUND", "ORDER_NOT_FOUND"]
+        );
+    }
+
+    #[test]
+    fn placements_take_units_in_arrival_order_and_never_more_than_there_are() {
+        let mut l = locked(5, 2, &[(1, 0), (2, 0)], vec![]);
+        let d = decide(
+            &mut l,
+            &[place(1, 2, 100), place(2, 2, 100), place(1, 1, 100)],
+            now(),
+        );
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            ["OK", "OUT_OF_STOCK", "OK"]
+        );
+        match &d[1] {
+            Decision::Place(Err(AppError::OutOfStock {
+                available,
+                requested,
+            })) => {
+                assert_eq!((*available, *requested), (1, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.product.unwrap().reserved, 5);
+    }
+
+    #[test]
+    fn a_payment_needs_the_units_it_reserved() {
+        let mut l = locked(0, 0, &[(1, 1000)], vec![order(1, 1, 2, 200)]);
+        let d = decide(&mut l, &[pay(1, 1)], now());
+        assert_eq!(code(&d[0]), "OUT_OF_STOCK");
+        assert_eq!(l.balances[&1], 1000);
+        assert_eq!(l.orders[&1].status, OrderStatus::Pending);
+    }
+
+    #[test]
+    fn a_missing_product_refuses_placements() {
+        let mut l = Locked {
+            balances: [(1, 0)].into(),
+            ..Locked::default()
+        };
+        let d = decide(&mut l, &[place(1, 1, 100)], now());
+        assert_eq!(code(&d[0]), "PRODUCT_NOT_FOUND");
+    }
+}

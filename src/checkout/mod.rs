@@ -1,0 +1,296 @@
+//! Checkout: placing orders and paying for them — the flash sale's hot path.
+//!
+//! Every placement and payment of a product goes through that product's [`Batcher`]: one
+//! transaction in flight per product per instance, and whatever arrives meanwhile goes
+//! together into the next one ([`store::commit`]). A batch takes its locks in the global
+//! order (idempotency keys, orders by id, users by id, then the product), decides each
+//! request on its own ([`domain::decide`]), writes the accepted ones with a few statements,
+//! records every keyed answer, and commits once: one fsync and one hold of the product row
+//! for all its winners. A quiet product is a batch of one.
+//!
+//! Losers never reach the batch: the stock gate refuses them from Redis, or from memory
+//! once this instance knows the product is sold out. After the commit the batch settles its
+//! reservations in Redis (one call), moves paid units to `sold` (one call), adds its sales
+//! to the ranking, and only then answers, so a reader sees what the buyer was told.
+
+mod batch;
+pub mod domain;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Serialize;
+use sqlx::MySqlPool;
+
+use batch::{Batcher, Pending};
+
+use crate::{
+    auth::Caller,
+    catalog::ranking::Ranking,
+    error::AppError,
+    idempotency::{self, Claim, IdempotencyKey, Outcome, Stored},
+    orders::domain::{Order, OrderView, Quantity},
+    payments::domain::PaymentView,
+    stock::{Finish, Gate, Hold, StockGate},
+};
+
+/// What a buyer asks for: how many units of which product, at the unit price they saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOrder {
+    pub user_id: i64,
+    pub product_id: i64,
+    pub quantity: Quantity,
+    pub price: i64,
+}
+
+/// One request waiting for its product's next batch.
+#[derive(Debug)]
+enum Job {
+    Place {
+        order: NewOrder,
+        /// The stock gate's reservation (or a fresh token when the gate was bypassed).
+        hold: Hold,
+        claim: Option<Claim>,
+    },
+    Pay {
+        caller: Caller,
+        order_id: i64,
+        claim: Option<Claim>,
+    },
+}
+
+impl Job {
+    fn claim(&self) -> Option<&Claim> {
+        match self {
+            Job::Place { claim, .. } | Job::Pay { claim, .. } => claim.as_ref(),
+        }
+    }
+}
+
+/// A job's answer.
+#[derive(Debug)]
+enum Done {
+    Placed(Order),
+    Paid(PaymentView),
+    Replayed(Stored),
+}
+
+type Answer = Result<Done, AppError>;
+
+/// The checkout of an instance: its per-product batches.
+#[derive(Clone)]
+pub struct Checkout {
+    engine: Arc<Engine>,
+    batcher: Batcher<Job, Answer>,
+}
+
+/// What a batch runs with.
+struct Engine {
+    db: MySqlPool,
+    stock: StockGate,
+    ranking: Ranking,
+    order_ttl: chrono::Duration,
+}
+
+impl Checkout {
+    pub fn new(
+        db: MySqlPool,
+        stock: StockGate,
+        ranking: Ranking,
+        order_ttl: Duration,
+        batch_max: usize,
+    ) -> anyhow::Result<Self> {
+        let engine = Arc::new(Engine {
+            db,
+            stock,
+            ranking,
+            order_ttl: chrono::Duration::from_std(order_ttl)?,
+        });
+        let runner = engine.clone();
+        let batcher = Batcher::new(batch_max, move |product, jobs| {
+            let engine = runner.clone();
+            async move { engine.run(product, jobs).await }
+        });
+        Ok(Self { engine, batcher })
+    }
+
+    /// Places an order: the stock gate first (a refusal ends here), then the product's
+    /// next batch. `body` is what makes a retry with the same Idempotency-Key "the same".
+    #[tracing::instrument(skip(self, key, body))]
+    pub async fn place(
+        &self,
+        caller: Caller,
+        order: NewOrder,
+        key: &IdempotencyKey,
+        body: &(impl Serialize + Sync),
+    ) -> Result<Outcome<OrderView, ()>, AppError> {
+        caller.act_for(order.user_id)?;
+        let claim = key.claim(caller.scope("order"), body, axum::http::StatusCode::CREATED)?;
+        let hold = Hold::new();
+        let quantity = order.quantity.get();
+        if let Gate::Refused { available } = self
+            .engine
+            .stock
+            .reserve(order.product_id, quantity, &hold)
+            .await
+        {
+            metrics::counter!("orders_total", "outcome" => "OUT_OF_STOCK").increment(1);
+            let refusal = AppError::OutOfStock {
+                available,
+                requested: quantity,
+            };
+            return self.refuse(claim.as_ref(), refusal).await;
+        }
+        let job = Job::Place { order, hold, claim };
+        match self.submit(order.product_id, job).await? {
+            Done::Placed(order) => Ok(Outcome::Done(OrderView::from(&order), ())),
+            Done::Replayed(stored) => Ok(Outcome::Replayed(stored.replay())),
+            Done::Paid(_) => Err(AppError::Internal(anyhow::anyhow!(
+                "a placement was answered as a payment"
+            ))),
+        }
+    }
+
+    /// Pays an order in its product's next batch.
+    #[tracing::instrument(skip(self, key, body))]
+    pub async fn pay(
+        &self,
+        caller: Caller,
+        order_id: i64,
+        key: &IdempotencyKey,
+        body: &(impl Serialize + Sync),
+    ) -> Result<Outcome<PaymentView, ()>, AppError> {
+        let claim = key.claim(caller.scope("pay"), body, axum::http::StatusCode::CREATED)?;
+        // Which product's batch: the order's product never changes, so a plain read routes.
+        let owner: Option<(i64, i64)> =
+            sqlx::query_as("SELECT product_id, user_id FROM orders WHERE id = ?")
+                .bind(order_id)
+                .fetch_optional(&self.engine.db)
+                .await?;
+        let Some((product_id, _)) = owner.filter(|(_, user)| caller.owns(*user)) else {
+            return self.refuse(claim.as_ref(), AppError::OrderNotFound).await;
+        };
+        let job = Job::Pay {
+            caller,
+            order_id,
+            claim,
+        };
+        match self.submit(product_id, job).await? {
+            Done::Paid(payment) => Ok(Outcome::Done(payment, ())),
+            Done::Replayed(stored) => Ok(Outcome::Replayed(stored.replay())),
+            Done::Placed(_) => Err(AppError::Internal(anyhow::anyhow!(
+                "a payment was answered as a placement"
+            ))),
+        }
+    }
+
+    async fn submit(&self, product_id: i64, job: Job) -> Answer {
+        self.batcher
+            .submit(product_id, job)
+            .await
+            .unwrap_or_else(|| {
+                Err(AppError::Internal(anyhow::anyhow!(
+                    "the checkout batch failed"
+                )))
+            })
+    }
+
+    /// A refusal decided before any batch: with a key it is still an answer to keep (or
+    /// the replay of the key's earlier answer).
+    async fn refuse<V: Serialize + Send>(
+        &self,
+        claim: Option<&Claim>,
+        refusal: AppError,
+    ) -> Result<Outcome<V, ()>, AppError> {
+        let Some(claim) = claim else {
+            return Err(refusal);
+        };
+        idempotency::run(&self.engine.db, Some(claim), |_| {
+            let e = refusal.duplicate();
+            Box::pin(async move { Err::<(V, ()), _>(e) })
+        })
+        .await
+    }
+}
+
+impl Engine {
+    /// One batch of `product_id`: commit, then Redis, then each job's answer.
+    async fn run(&self, product_id: i64, pending: Vec<Pending<Job, Answer>>) {
+        let started = std::time::Instant::now();
+        let committed = store::commit(&self.db, product_id, &pending, self.order_ttl).await;
+        metrics::histogram!("checkout_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let committed = match committed {
+            Ok(committed) => committed,
+            // A database error that is not an outage may be one request's fault (it should
+            // not be): run each alone, so the others still go through.
+            Err(e) if pending.len() > 1 && e.code().code != "DEPENDENCY_UNAVAILABLE" => {
+                tracing::warn!(error = %e, jobs = pending.len(), "a checkout batch failed; running its requests one by one");
+                for one in pending {
+                    Box::pin(self.run(product_id, vec![one])).await;
+                }
+                return;
+            }
+            Err(e) => {
+                let holds: Vec<Hold> = pending
+                    .iter()
+                    .filter_map(|p| match &p.job {
+                        Job::Place { hold, .. } => Some(hold.clone()),
+                        Job::Pay { .. } => None,
+                    })
+                    .collect();
+                self.stock
+                    .finish(product_id, &holds, Finish::Abandoned)
+                    .await;
+                for p in pending {
+                    p.answer(Err(e.duplicate()));
+                }
+                return;
+            }
+        };
+        self.after_commit(product_id, &pending, &committed).await;
+        for (p, answer) in pending.into_iter().zip(committed.answers) {
+            p.answer(answer);
+        }
+    }
+
+    /// Redis follows MySQL: settled and abandoned reservations, paid units, the ranking.
+    async fn after_commit(
+        &self,
+        product_id: i64,
+        pending: &[Pending<Job, Answer>],
+        committed: &store::Committed,
+    ) {
+        let mut settle = Vec::new();
+        let mut abandon = Vec::new();
+        for (job, answer) in pending.iter().map(|p| &p.job).zip(&committed.answers) {
+            match (job, answer) {
+                (Job::Place { hold, order, .. }, Ok(Done::Placed(_))) => {
+                    settle.push((hold.clone(), order.quantity.get()))
+                }
+                (Job::Place { hold, .. }, _) => abandon.push(hold.clone()),
+                (Job::Pay { .. }, _) => {}
+            }
+            let (kind, outcome) = match (job, answer) {
+                (Job::Place { .. }, Ok(_)) => ("orders_total", "placed"),
+                (Job::Pay { .. }, Ok(_)) => ("payments_total", "completed"),
+                (Job::Place { .. }, Err(e)) => ("orders_total", e.code().code),
+                (Job::Pay { .. }, Err(e)) => ("payments_total", e.code().code),
+            };
+            metrics::counter!(kind, "outcome" => outcome).increment(1);
+        }
+        tokio::join!(
+            self.stock.settle(product_id, &settle),
+            self.stock.finish(product_id, &abandon, Finish::Abandoned),
+            self.stock
+                .finish(product_id, &committed.paid_holds, Finish::Paid),
+            async {
+                if committed.sold > 0 {
+                    self.ranking
+                        .record(committed.day, product_id, committed.sold)
+                        .await;
+                }
+            },
+        );
+    }
+}

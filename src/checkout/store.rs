@@ -1,0 +1,463 @@
+//! The transaction of one checkout batch.
+//!
+//! Lock order, the same in every transaction of the service, so that batches from several
+//! instances (and cancels, refunds, the sweeper, charges) queue on rows and never wait in a
+//! circle: **idempotency keys** (by scope and key) → **orders** (by id) → **users** (by
+//! id) → **the product** → the day's `daily_sales` row → new rows. Each `SELECT … FOR
+//! UPDATE` below takes one of these sets in ascending id order. A deadlock or lock-wait
+//! timeout rolls the whole batch back and runs it again; a crash leaves nothing of it.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+
+use super::{
+    batch::Pending,
+    domain::{decide, Decision, Locked, Paid, Placed, ProductRow, Request},
+    Answer, Done, Job,
+};
+use crate::{
+    db::{self, Retry},
+    error::AppError,
+    events::{self, Event, OrderEvent},
+    idempotency::{self, Claimed, Stored},
+    orders::domain::{Order, OrderStatus, OrderView, ORDER_COLUMNS},
+    payments::domain::{PaymentStatus, PaymentView},
+    points::{domain::PointKind, service as points},
+    stock::Hold,
+};
+
+/// A committed batch: one answer per job, and what Redis must learn.
+pub struct Committed {
+    pub answers: Vec<Answer>,
+    /// The reservations of the orders this batch paid.
+    pub paid_holds: Vec<Hold>,
+    /// Units sold by this batch, on `day`.
+    pub sold: i64,
+    pub day: NaiveDate,
+}
+
+/// Commits one batch of `product_id`, running it again after a deadlock or lock timeout.
+/// A request whose client gave up before the batch held its locks is left out: it changes
+/// nothing (its key stays free for the retry).
+pub async fn commit(
+    pool: &MySqlPool,
+    product_id: i64,
+    jobs: &[Pending<Job, Answer>],
+    order_ttl: chrono::Duration,
+) -> Result<Committed, AppError> {
+    let mut attempt = 0;
+    loop {
+        match once(pool, product_id, jobs, order_ttl).await {
+            Err(e) if e.retryable() && attempt < db::MAX_RETRIES => {
+                attempt += 1;
+                db::backoff(attempt).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn once(
+    pool: &MySqlPool,
+    product_id: i64,
+    pending: &[Pending<Job, Answer>],
+    order_ttl: chrono::Duration,
+) -> Result<Committed, AppError> {
+    let jobs: Vec<&Job> = pending.iter().map(|p| &p.job).collect();
+    let mut tx = db::begin(pool).await?;
+    let mut answers: Vec<Option<Answer>> =
+        pending.iter().map(|p| p.gave_up().then(gave_up)).collect();
+
+    // 1. Idempotency keys, in key order.
+    let mut keyed: Vec<usize> = (0..jobs.len())
+        .filter(|&i| jobs[i].claim().is_some() && answers[i].is_none())
+        .collect();
+    keyed.sort_by_key(|&i| jobs[i].claim().map(|c| (c.scope.clone(), c.key.clone())));
+    let mut claimed = vec![false; jobs.len()];
+    for i in keyed {
+        let Some(claim) = jobs[i].claim() else {
+            continue;
+        };
+        match idempotency::claim(&mut tx, claim).await {
+            Ok(Claimed::New) => claimed[i] = true,
+            Ok(Claimed::Replay(stored)) => answers[i] = Some(Ok(Done::Replayed(stored))),
+            Err(e @ (AppError::IdempotencyInProgress | AppError::IdempotencyKeyReused)) => {
+                answers[i] = Some(Err(e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let requests: Vec<Request> = jobs
+        .iter()
+        .zip(&answers)
+        .map(|(job, answer)| match (*job, answer) {
+            (_, Some(_)) => Request::Answered,
+            (Job::Place { order, .. }, None) => Request::Place {
+                user_id: order.user_id,
+                quantity: order.quantity,
+                price: order.price,
+            },
+            (
+                Job::Pay {
+                    caller, order_id, ..
+                },
+                None,
+            ) => Request::Pay {
+                caller: *caller,
+                order_id: *order_id,
+            },
+        })
+        .collect();
+
+    // 2. The orders being paid.
+    let mut order_ids: Vec<i64> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Pay { order_id, .. } => Some(*order_id),
+            _ => None,
+        })
+        .collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let orders: Vec<Order> = if order_ids.is_empty() {
+        Vec::new()
+    } else {
+        let mut q = QueryBuilder::new(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id IN ("));
+        push_ids(&mut q, &order_ids);
+        q.push(") ORDER BY id FOR UPDATE");
+        q.build_query_as().fetch_all(&mut *tx).await?
+    };
+    // 3. Their users and the placers.
+    let mut user_ids: Vec<i64> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Place { user_id, .. } => Some(*user_id),
+            _ => None,
+        })
+        .chain(orders.iter().map(|o| o.user_id))
+        .collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    let balances: Vec<(i64, i64)> = if user_ids.is_empty() {
+        Vec::new()
+    } else {
+        let mut q = QueryBuilder::new("SELECT id, balance FROM users WHERE id IN (");
+        push_ids(&mut q, &user_ids);
+        q.push(") ORDER BY id FOR UPDATE");
+        q.build_query_as().fetch_all(&mut *tx).await?
+    };
+    // 4. The product.
+    let product: Option<(i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT price, stock, reserved, sold FROM products WHERE id = ? FOR UPDATE")
+            .bind(product_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+
+    // The locks are held: a request whose client has gone since is left out now, its key
+    // released (nothing of it will commit).
+    let mut requests = requests;
+    for (i, p) in pending.iter().enumerate() {
+        if answers[i].is_none() && p.gave_up() {
+            answers[i] = Some(gave_up());
+            requests[i] = Request::Answered;
+            if claimed[i] {
+                claimed[i] = false;
+                if let Some(claim) = jobs[i].claim() {
+                    idempotency::release(&mut tx, claim).await?;
+                }
+            }
+        }
+    }
+    let now = db::now();
+
+    // Every request decided on its own, in arrival order.
+    let mut locked = Locked {
+        product: product.map(|(price, stock, reserved, sold)| ProductRow {
+            price,
+            stock,
+            reserved,
+            sold,
+        }),
+        balances: balances.into_iter().collect(),
+        orders: orders
+            .into_iter()
+            .filter(|o| o.product_id == product_id)
+            .map(|o| (o.id, o))
+            .collect(),
+    };
+    let before = locked.product;
+    let decisions = decide(&mut locked, &requests, now);
+
+    // Writes.
+    let paid: Vec<Paid> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Pay(Ok(p)) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    let placed: Vec<(&Hold, Placed)> = jobs
+        .iter()
+        .zip(&decisions)
+        .filter_map(|(job, d)| match (*job, d) {
+            (Job::Place { hold, .. }, Decision::Place(Ok(p))) => Some((hold, *p)),
+            _ => None,
+        })
+        .collect();
+    if let (Some(b), Some(a)) = (before, locked.product) {
+        if a != b {
+            sqlx::query(
+                "UPDATE products SET stock = ?, reserved = ?, sold = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(a.stock)
+            .bind(a.reserved)
+            .bind(a.sold)
+            .bind(now)
+            .bind(product_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let payment_ids = write_payments(&mut tx, product_id, &paid, &locked, now).await?;
+    let order_ids = write_orders(&mut tx, product_id, &placed, now, now + order_ttl).await?;
+
+    // Answers, and the keyed ones kept with the batch.
+    let mut stored: Vec<(usize, Stored)> = Vec::new();
+    let mut paid_holds = Vec::new();
+    let mut final_answers = Vec::with_capacity(jobs.len());
+    for (i, (job, (answer, decision))) in jobs
+        .iter()
+        .zip(answers.into_iter().zip(decisions))
+        .enumerate()
+    {
+        let answer = match (answer, decision) {
+            (Some(answer), _) => answer,
+            (None, Decision::Place(Ok(p))) => {
+                let Job::Place { order, hold, .. } = *job else {
+                    unreachable!("a placement decision belongs to a placement job")
+                };
+                let id = *order_ids
+                    .get(hold.as_str())
+                    .ok_or_else(|| anyhow::anyhow!("a placed order was not found by its hold"))?;
+                Ok(Done::Placed(Order {
+                    id,
+                    user_id: p.user_id,
+                    product_id: order.product_id,
+                    quantity: p.quantity,
+                    unit_price: p.unit_price,
+                    total_amount: p.total_amount,
+                    status: OrderStatus::Pending,
+                    created_at: now,
+                    expires_at: now + order_ttl,
+                    paid_at: None,
+                    hold: hold.as_str().to_string(),
+                }))
+            }
+            (None, Decision::Pay(Ok(p))) => {
+                let payment_id = *payment_ids
+                    .get(&p.order_id)
+                    .ok_or_else(|| anyhow::anyhow!("a payment was not found by its order"))?;
+                if let Some(order) = locked.orders.get(&p.order_id) {
+                    paid_holds.push(Hold::stored(order.hold.clone()));
+                }
+                Ok(Done::Paid(PaymentView {
+                    payment_id,
+                    order_id: p.order_id,
+                    user_id: p.user_id,
+                    amount: p.amount,
+                    status: PaymentStatus::Completed,
+                    balance_after: p.balance_after,
+                    paid_at: now,
+                }))
+            }
+            (None, Decision::Place(Err(e)) | Decision::Pay(Err(e))) => Err(e),
+            (None, Decision::Answered) => Err(AppError::Internal(anyhow::anyhow!(
+                "a request was neither answered nor decided"
+            ))),
+        };
+        if claimed[i] {
+            if let Some(claim) = job.claim() {
+                stored.push((
+                    i,
+                    match &answer {
+                        Ok(Done::Placed(order)) => Stored::success(claim, &OrderView::from(order)),
+                        Ok(Done::Paid(payment)) => Stored::success(claim, payment),
+                        Ok(Done::Replayed(s)) => s.clone(),
+                        Err(e) => Stored::failure(e),
+                    },
+                ));
+            }
+        }
+        final_answers.push(answer);
+    }
+    let records: Vec<_> = stored
+        .iter()
+        .filter_map(|(i, s)| jobs[*i].claim().map(|c| (c, s.clone())))
+        .collect();
+    idempotency::record(&mut tx, &records).await?;
+    tx.commit().await?;
+    Ok(Committed {
+        answers: final_answers,
+        paid_holds,
+        sold: paid.iter().map(|p| p.quantity).sum(),
+        day: now.date(),
+    })
+}
+
+/// The answer of a request whose client is gone (nobody reads it).
+fn gave_up() -> Answer {
+    Err(AppError::Timeout(0))
+}
+
+/// Everything a batch's accepted payments write; returns each payment's id by order id.
+async fn write_payments(
+    tx: &mut MySqlConnection,
+    product_id: i64,
+    paid: &[Paid],
+    locked: &Locked,
+    now: NaiveDateTime,
+) -> Result<HashMap<i64, i64>, AppError> {
+    if paid.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Balances: each payer's balance after the batch (its payments in order).
+    let mut payers: Vec<i64> = paid.iter().map(|p| p.user_id).collect();
+    payers.sort_unstable();
+    payers.dedup();
+    let mut balances = QueryBuilder::new("UPDATE users SET balance = CASE id");
+    for user in &payers {
+        balances
+            .push(" WHEN ")
+            .push_bind(*user)
+            .push(" THEN ")
+            .push_bind(locked.balances.get(user).copied().unwrap_or_default());
+    }
+    balances.push(" END WHERE id IN (");
+    push_ids(&mut balances, &payers);
+    balances.push(")");
+    balances.build().execute(&mut *tx).await?;
+    let history: Vec<points::Entry> = paid
+        .iter()
+        .map(|p| {
+            (
+                p.user_id,
+                PointKind::Use,
+                p.amount,
+                p.balance_after,
+                Some(p.order_id),
+            )
+        })
+        .collect();
+    points::record(tx, &history).await?;
+
+    let order_ids: Vec<i64> = paid.iter().map(|p| p.order_id).collect();
+    let mut orders = QueryBuilder::new("UPDATE orders SET status = 'PAID', paid_at = ");
+    orders.push_bind(now).push(", updated_at = ").push_bind(now);
+    orders.push(" WHERE id IN (");
+    push_ids(&mut orders, &order_ids);
+    orders.push(")");
+    orders.build().execute(&mut *tx).await?;
+
+    let mut payments = QueryBuilder::new(
+        "INSERT INTO payments (order_id, user_id, amount, status, balance_after, created_at) ",
+    );
+    payments.push_values(paid, |mut row, p| {
+        row.push_bind(p.order_id)
+            .push_bind(p.user_id)
+            .push_bind(p.amount)
+            .push_bind(PaymentStatus::Completed.as_str())
+            .push_bind(p.balance_after)
+            .push_bind(now);
+    });
+    payments.build().execute(&mut *tx).await?;
+    let mut ids = QueryBuilder::new("SELECT order_id, id FROM payments WHERE order_id IN (");
+    push_ids(&mut ids, &order_ids);
+    ids.push(")");
+    let ids: HashMap<i64, i64> = ids
+        .build_query_as::<(i64, i64)>()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+    sqlx::query(
+        "INSERT INTO daily_sales (day, product_id, quantity) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)",
+    )
+    .bind(now.date())
+    .bind(product_id)
+    .bind(paid.iter().map(|p| p.quantity).sum::<i64>())
+    .execute(&mut *tx)
+    .await?;
+    let events: Vec<Event> = paid
+        .iter()
+        .map(|p| {
+            Event::order_paid(OrderEvent {
+                order_id: p.order_id,
+                payment_id: ids.get(&p.order_id).copied().unwrap_or_default(),
+                user_id: p.user_id,
+                product_id,
+                quantity: p.quantity,
+                amount: p.amount,
+                paid_at: now,
+                refunded_at: None,
+            })
+        })
+        .collect();
+    events::record(tx, &events).await?;
+    Ok(ids)
+}
+
+/// The accepted placements' order rows (one statement); returns their ids by hold token.
+async fn write_orders(
+    tx: &mut MySqlConnection,
+    product_id: i64,
+    placed: &[(&Hold, Placed)],
+    now: NaiveDateTime,
+    expires_at: NaiveDateTime,
+) -> Result<HashMap<String, i64>, AppError> {
+    if placed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, \
+         created_at, expires_at, updated_at, hold) ",
+    );
+    insert.push_values(placed, |mut row, (hold, p)| {
+        row.push_bind(p.user_id)
+            .push_bind(product_id)
+            .push_bind(p.quantity)
+            .push_bind(p.unit_price)
+            .push_bind(p.total_amount)
+            .push_bind(OrderStatus::Pending.as_str())
+            .push_bind(now)
+            .push_bind(expires_at)
+            .push_bind(now)
+            .push_bind(hold.as_str());
+    });
+    // The rows of one INSERT get ids from the first one up (consecutive or not): read them
+    // back by their hold tokens from there.
+    let first = insert.build().execute(&mut *tx).await?.last_insert_id();
+    let mut ids = QueryBuilder::new("SELECT hold, id FROM orders WHERE id >= ");
+    ids.push_bind(first).push(" AND hold IN (");
+    let mut list = ids.separated(", ");
+    for (hold, _) in placed {
+        list.push_bind(hold.as_str());
+    }
+    ids.push(")");
+    Ok(ids
+        .build_query_as::<(String, i64)>()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
