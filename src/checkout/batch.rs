@@ -69,6 +69,14 @@ impl<J: Send + 'static, A: Send + 'static> Batcher<J, A> {
         }
     }
 
+    /// How many jobs of `key` wait for its next batch (not counting the one in flight).
+    pub fn queued(&self, key: i64) -> usize {
+        self.queues
+            .lock()
+            .map(|q| q.get(&key).map_or(0, VecDeque::len))
+            .unwrap_or(0)
+    }
+
     /// Queues `job` for `key` and waits for its answer; `None` if its batch failed without
     /// answering (a panic).
     pub async fn submit(&self, key: i64, job: J) -> Option<A> {

@@ -184,6 +184,11 @@ impl Checkout {
         }
     }
 
+    /// Requests of `product_id` waiting for its next batch (operators and tests watch it).
+    pub fn queued(&self, product_id: i64) -> usize {
+        self.batcher.queued(product_id)
+    }
+
     async fn submit(&self, product_id: i64, job: Job) -> Answer {
         self.batcher
             .submit(product_id, job)

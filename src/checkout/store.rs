@@ -70,10 +70,26 @@ async fn once(
     let mut answers: Vec<Option<Answer>> =
         pending.iter().map(|p| p.gave_up().then(gave_up)).collect();
 
-    // 1. Idempotency keys, in key order.
-    let mut keyed: Vec<usize> = (0..jobs.len())
-        .filter(|&i| jobs[i].claim().is_some() && answers[i].is_none())
-        .collect();
+    // 1. Idempotency keys, in key order. A key that comes twice in one batch is claimed by
+    //    its first request; the later ones are answered from it at the end.
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(claim) = job.claim() else { continue };
+        if answers[i].is_some() {
+            continue;
+        }
+        match first_of.entry((claim.scope.as_str(), claim.key.as_str())) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                copies.push((i, *first.get()));
+                answers[i] = Some(Err(AppError::IdempotencyInProgress));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(i);
+            }
+        }
+    }
+    let mut keyed: Vec<usize> = first_of.into_values().collect();
     keyed.sort_by_key(|&i| jobs[i].claim().map(|c| (c.scope.clone(), c.key.clone())));
     let mut claimed = vec![false; jobs.len()];
     for i in keyed {
@@ -297,6 +313,19 @@ async fn once(
         .filter_map(|(i, s)| jobs[*i].claim().map(|c| (c, s.clone())))
         .collect();
     idempotency::record(&mut tx, &records).await?;
+    // Later requests with a key already in this batch: the first one's answer, replayed
+    // (or refused, when they are not the same request).
+    for (later, first) in copies {
+        let same = jobs[later].claim().map(|c| &c.hash) == jobs[first].claim().map(|c| &c.hash);
+        final_answers[later] = match (&final_answers[first], same) {
+            (_, false) => Err(AppError::IdempotencyKeyReused),
+            (Ok(Done::Replayed(s)), true) => Ok(Done::Replayed(s.clone())),
+            (_, true) => match stored.iter().find(|(i, _)| *i == first) {
+                Some((_, s)) => Ok(Done::Replayed(s.clone())),
+                None => Err(AppError::IdempotencyInProgress),
+            },
+        };
+    }
     tx.commit().await?;
     Ok(Committed {
         answers: final_answers,

@@ -24,6 +24,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes";
 
 pub struct TestApp {
+    /// The instance itself, for what a test must watch from inside (a batch's queue).
+    pub state: AppState,
     pub base: String,
     pub client: reqwest::Client,
     pub db: MySqlPool,
@@ -152,6 +154,7 @@ async fn start(config: Config) -> TestApp {
         std::future::pending(),
     ));
     TestApp {
+        state,
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
