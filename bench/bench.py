@@ -7,11 +7,16 @@ BENCH_PRODUCTS products and BENCH_USERS users, then measures, each BENCH_REPEATS
 
   reads     GET listing / detail / top  vs  GET /healthz of the same binary (wrk, same
             threads and connections)
-  flash     k6 flash sale (5,000 buyers, 500 units); refusals on the sold-out product
-            vs redis-benchmark running the service's own reserve.lua
-  payments  POST /v1/payments  vs  mysqlslap running the payment transaction's statements
+  flash     k6 flash sale sold out (5,000 buyers, 500 units): its request rate vs the same
+            k6 on GET /healthz; refusals on the sold-out product (wrk) vs GET /healthz
+            (wrk) and vs redis-benchmark running the service's own reserve.lua
+  winners   k6 flash sale everyone wins (5,000 buyers, 5,000 units, 200 VUs): winners
+            committed per second vs mysqlslap running the payment's statements one
+            payment per transaction and 32 per transaction; the winners' p99
+  payments  POST /v1/payments  vs  the same two mysqlslap ceilings
   charges   POST /v1/users/{id}/points/charge  vs  mysqlslap running the charge statements
   gate      refusals and the flash sale with STOCK_GATE=mysql vs redis
+  soak      minutes of browsing with nobody scraping /metrics: the server's RSS over time
 
 and writes bench/results/latest.md: throughput, p50/p95/p99, ratios to the ceilings, the
 server's peak RSS, and whether every invariant held.
@@ -46,6 +51,9 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 BUYERS = int(os.environ.get("BENCH_BUYERS", "5000"))
 UNITS = int(os.environ.get("BENCH_UNITS", "500"))
+WIN_VUS = int(os.environ.get("BENCH_WIN_VUS", "200"))
+SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "180"))
+BATCH = 32  # payments per transaction of the batched ceiling
 THREADS = 2
 CONNS = 64
 DB_POOL = 32
@@ -162,10 +170,11 @@ def tokens_for(user_ids):
     return {u: api("POST", f"/v1/admin/users/{u}/tokens")[1]["token"] for u in user_ids}
 
 
-def mysqlslap(template, transactions_per_client, **values):
+def mysqlslap(template, transactions_per_client, per_transaction=1, **values):
+    """Requests per second (transactions per second × `per_transaction`), median of runs."""
     sql = (BENCH / "sql" / template).read_text().format(**values)
     statements = len([s for s in sql.split(";") if s.strip()])
-    query = WORK / template
+    query = WORK / f"{per_transaction}-{template}"
     query.write_text(sql)
     runs = []
     for _ in range(REPEATS):
@@ -177,7 +186,7 @@ def mysqlslap(template, transactions_per_client, **values):
             capture_output=True, text=True, check=True,
         ).stdout
         seconds = float(re.search(r"Average number of seconds to run all queries: ([\d.]+)", out).group(1))
-        runs.append({"rps": transactions_per_client * DB_POOL / seconds})
+        runs.append({"rps": transactions_per_client * DB_POOL * per_transaction / seconds})
     return median(runs)
 
 
@@ -192,35 +201,50 @@ def redis_benchmark(*command):
     return median(runs)
 
 
-def k6_flash(label, attempt=1):
-    out = subprocess.run(
-        [K6, "run", "--quiet", "--no-usage-report", "--log-format=raw", "-e", f"BASE_URL={BASE}", "-e", f"ADMIN_TOKEN={ADMIN}",
-         "-e", f"BUYERS={BUYERS}", "-e", f"UNITS={UNITS}", "-e", "VUS=256",
-         "--summary-trend-stats", "med,p(95),p(99)", "--summary-export", str(WORK / f"flash-{label}.json"),
-         str(ROOT / "k6" / "flash_sale.js")],
-        capture_output=True, text=True,
-    )
-    output = WORK / f"flash-{label}-{attempt}.log"
+def k6_run(label, script, attempt=1, **env):
+    """Runs a k6 script; returns (stdout+stderr, summary, exit code), once more if it
+    stopped before its teardown (its setup hit an error)."""
+    summary_path = WORK / f"{label}.json"
+    args = [K6, "run", "--quiet", "--no-usage-report", "--log-format=raw", "-e", f"BASE_URL={BASE}", "-e", f"ADMIN_TOKEN={ADMIN}"]
+    for k, v in env.items():
+        args += ["-e", f"{k}={v}"]
+    args += ["--summary-trend-stats", "med,p(95),p(99)", "--summary-export", str(summary_path), str(script)]
+    out = subprocess.run(args, capture_output=True, text=True)
+    output = WORK / f"{label}-{attempt}.log"
     output.write_text(out.stdout + out.stderr)
-    found = re.search(r"FLASH_RESULT (\{.*?\})", out.stdout + out.stderr)
-    if not found:
-        # k6 stopped before its teardown (its setup hit an error): once more, then report.
+    text = out.stdout + out.stderr
+    if "_RESULT {" not in text:
         if attempt == 1:
-            log(f"k6 flash sale ({label}) did not finish (see {output}); running it again")
-            return k6_flash(label, attempt + 1)
-        sys.exit(f"k6 flash sale ({label}) did not finish twice; see {output}")
-    result = json.loads(found.group(1))
-    summary = json.loads((WORK / f"flash-{label}.json").read_text())
+            log(f"k6 {label} did not finish (see {output}); running it again")
+            return k6_run(label, script, attempt + 1, **env)
+        sys.exit(f"k6 {label} did not finish twice; see {output}")
+    return text, json.loads(summary_path.read_text()), out.returncode
+
+
+def k6_flash(label, buyers=BUYERS, units=UNITS, vus=256):
+    text, summary, code = k6_run(f"flash-{label}", ROOT / "k6" / "flash_sale.js", BUYERS=buyers, UNITS=units, VUS=vus)
+    result = json.loads(re.search(r"FLASH_RESULT (\{.*?\})", text).group(1))
     checks = summary["metrics"]["checks"]
     invariants.append((f"k6 flash sale ({label}): {checks['passes']} checks incl. the end-of-run invariants, {checks['fails']} failed", checks["fails"] == 0))
-    if out.returncode != 0:
-        notes.append(f"k6 flash sale ({label}) missed a latency threshold (see the p99 column); its invariants are listed below.")
+    if code != 0:
+        notes.append(f"k6 flash sale ({label}) missed a threshold of its own (see its p99 columns); its invariants are listed below.")
     orders = summary["metrics"]["http_req_duration{name:POST /v1/orders}"]
+    payments = summary["metrics"].get("http_req_duration{name:POST /v1/payments}", {})
+    seconds = result["ms"] / 1000
     return {
-        "rps": BUYERS / (result["ms"] / 1000),
+        "rps": result["requests"] / seconds,
+        "winners": result["sold"] / seconds,
         "p50_ms": orders["med"], "p95_ms": orders["p(95)"], "p99_ms": orders["p(99)"],
+        "pay_p99_ms": payments.get("p(99)"),
         "sold": result["sold"], "product": result["product"],
     }
+
+
+def k6_static(buyers=BUYERS, vus=256):
+    text, summary, _ = k6_run("static", BENCH / "k6_static.js", BUYERS=buyers, VUS=vus)
+    result = json.loads(re.search(r"STATIC_RESULT (\{.*?\})", text).group(1))
+    d = summary["metrics"]["http_req_duration"]
+    return {"rps": result["requests"] / (result["ms"] / 1000), "p50_ms": d["med"], "p95_ms": d["p(95)"], "p99_ms": d["p(99)"]}
 
 
 def refusals(product, token):
@@ -228,6 +252,19 @@ def refusals(product, token):
     assert status == 200 and body["stock"] == 0, body
     lines = write_lines("refuse.lines", [("/v1/orders", token, {"user_id": 1, "product_id": product, "quantity": 1, "price": 1000})])
     return median([wrk("post_lines.lua", LINES=lines) for _ in range(REPEATS)])
+
+
+def payments_bench_orders(tokens, count):
+    """`count` PENDING orders of a product of their own, for the ceilings' id ranges;
+    returns the first order's id."""
+    _, product = api("POST", "/v1/admin/products", {"name": "bench ceiling orders", "price": 1, "stock": count})
+    pid = product["id"]
+    mariadb(
+        f"INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, updated_at, hold) "
+        f"SELECT id, {pid}, 1, 1, 1, 'PENDING', NOW(6), NOW(6) + INTERVAL 1 DAY, NOW(6), CONCAT('ceiling-', id) FROM users WHERE id <= {count} ORDER BY id; "
+        f"UPDATE products SET reserved = {count} WHERE id = {pid};"
+    )
+    return int(mariadb(f"SELECT MIN(id) FROM orders WHERE product_id = {pid}"))
 
 
 def payments_bench(tokens):
@@ -269,6 +306,28 @@ def charges_bench(tokens):
     return run
 
 
+def rss_mib(pid):
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def soak(server, seconds):
+    """Browsing for `seconds` with nobody scraping /metrics; RSS sampled every 10 s."""
+    samples = []
+    proc = subprocess.Popen(
+        ["wrk", f"-t{THREADS}", f"-c{CONNS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(BENCH / "wrk" / "get.lua"), BASE],
+        env=dict(os.environ, BENCH_WRK_DIR=str(BENCH / "wrk"), PATH_TEMPLATE="/v1/products/{n}", MAX=str(PRODUCTS)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    start = time.time()
+    while proc.poll() is None:
+        samples.append((round(time.time() - start), rss_mib(server.proc.pid)))
+        time.sleep(10)
+    out, _ = proc.communicate()
+    result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    return result, samples
+
+
 def row(name, service, ceiling_name=None, ceiling=None, target=None):
     ratio = service["rps"] / ceiling["rps"] if ceiling else None
     met = "" if target is None or ratio is None else ("yes" if ratio >= target else "**no**")
@@ -284,15 +343,29 @@ def fmt(v, digits=0):
     return "–" if v is None else (f"{v:,.{digits}f}" if isinstance(v, float) else str(v))
 
 
-def report(rows, rss, p99_checks, notes):
+def report(rows, rss, p99_checks, notes, targets, latency, samples, soaked):
     cpu = re.search(r"model name\s*:\s*(.*)", pathlib.Path("/proc/cpuinfo").read_text())
+    yes = lambda ok: "yes" if ok else "**no**"
     lines = [
         "# Benchmark results",
         "",
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/run.sh` on {os.cpu_count()} cores "
         f"({cpu.group(1) if cpu else 'unknown CPU'}); catalog {PRODUCTS:,} products, {USERS:,} users; "
         f"wrk {THREADS} threads × {CONNS} connections, {SECONDS} s per run, median of {REPEATS} runs "
-        f"(all runs in brackets); MySQL ceilings with {DB_POOL} connections (the service's pool).",
+        f"(all runs in brackets); MySQL ceilings with {DB_POOL} connections (the service's pool); "
+        f"k6 flash sales with 256 VUs (sold out) and {WIN_VUS} VUs (everyone wins).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {name} (≥ {t}) | {value:.2f} | {yes(value >= t)} |" for name, value, t in targets]
+    lines += [f"| {name} (≤ {t} ms) | {value:.1f} ms | {yes(value <= t)} |" for name, value, t in latency if value is not None]
+    lines += [f"| {name}: p99 (≤ 10 ms at 64 connections) | {p99:.2f} ms | {yes(p99 <= 10)} |" for name, p99 in p99_checks if "{id}" in name]
+    lines += [
+        "",
+        "## Every measurement",
         "",
         "| measurement | service req/s | p50 ms | p95 ms | p99 ms | ceiling | ceiling req/s | ratio | target | met |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
@@ -304,15 +377,29 @@ def report(rows, rss, p99_checks, notes):
             f"| {r['name']} | {fmt(r['rps'])} {r['runs'] or ''} | {fmt(r['p50'], 2)} | {fmt(r['p95'], 2)} | {fmt(r['p99'], 2)} "
             f"| {r['ceiling_name'] or '–'} | {fmt(r['ceiling'])} {r['ceiling_runs'] or ''} | {ratio} | {target} | {r['met']} |"
         )
-    lines += ["", "Latency targets (p99 ≤ 10 ms at 64 connections):", ""]
-    lines += [f"- {name}: p99 {p99:.2f} ms — {'yes' if p99 <= 10 else '**no**'}" for name, p99 in p99_checks]
+    lines += ["", "Latency of the reads (p99 ≤ 10 ms at 64 connections):", ""]
+    lines += [f"- {name}: p99 {p99:.2f} ms — {yes(p99 <= 10)}" for name, p99 in p99_checks]
     lines += ["", f"Server peak RSS (VmHWM) with the {PRODUCTS:,}-product catalog: **{rss:.0f} MiB** "
-              f"(target ≤ 256 MiB: {'yes' if rss <= 256 else '**no**'}).", "", "Invariants:", ""]
+              f"(target ≤ 256 MiB: {yes(rss <= 256)}).", ""]
+    if samples:
+        warm = [m for t, m in samples if t >= 30] or [samples[-1][1]]
+        growth = warm[-1] - warm[0]
+        lines += [
+            f"Soak: {SOAK_SECONDS} s of random details at {fmt(soaked['rps'])} req/s with nobody scraping /metrics; "
+            f"RSS after warm-up (30 s) {warm[0]:.0f} MiB, at the end {warm[-1]:.0f} MiB "
+            f"({growth:+.1f} MiB over {fmt(soaked['requests'])} requests): {'flat' if abs(growth) <= 8 else '**growing**'}.",
+            "",
+            "RSS samples (s → MiB): " + ", ".join(f"{t}→{m:.0f}" for t, m in samples),
+            "",
+        ]
+    lines += ["Invariants:", ""]
     lines += [f"- {'held' if ok else '**VIOLATED**'}: {what}" for what, ok in invariants]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [""]
     out = BENCH / "results" / "latest.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines))
+    (BENCH / "results" / "latest.json").write_text(json.dumps(
+        {"rows": rows, "targets": targets, "latency": latency, "p99": p99_checks, "rss": rss, "soak": samples}, indent=1))
     print("\n".join(lines))
     log(f"written {out.relative_to(ROOT)}; raw logs in {WORK}")
 
@@ -330,8 +417,9 @@ def main():
 
 
 def measure(server):
-    mariadb("CREATE TABLE bench_payments LIKE payments; ALTER TABLE bench_payments DROP INDEX uq_payments_order")
-    rows, p99s = [], []
+    mariadb("CREATE TABLE IF NOT EXISTS bench_payments LIKE payments; ALTER TABLE bench_payments DROP INDEX uq_payments_order; "
+            "ALTER TABLE bench_payments ADD INDEX idx_bench_payments_order (order_id)")
+    rows, p99s, targets = [], [], []
 
     log("reads vs the static route")
     static = get_bench("/healthz", 1)
@@ -344,31 +432,64 @@ def measure(server):
         result = get_bench(template, maximum)
         rows.append(row(name, result, "GET /healthz", static, 0.5))
         p99s.append((name, result["p99_ms"]))
+        if "{id}" in name:
+            targets.append(("Random details at 100,000 products ≥ 0.5 of the static route", result["rps"] / static["rps"], 0.5))
 
-    log(f"flash sale: {BUYERS:,} buyers, {UNITS} units (Redis gate)")
+    log(f"flash sale sold out: {BUYERS:,} buyers, {UNITS} units (Redis gate), and the same k6 on /healthz")
     flash = k6_flash("redis")
+    k6_healthz = k6_static()
+    rows.append(row(f"k6 flash sale sold out, {BUYERS:,} buyers → {UNITS} units: requests/s (order + pay per winner)", flash,
+                    "the same k6 on GET /healthz", k6_healthz, 0.5))
+    targets.append(("Sold-out flash sale request rate ≥ 0.5 of the same k6 on /healthz", flash["rps"] / k6_healthz["rps"], 0.5))
     token = tokens_for([1])[1]
     refused = refusals(flash["product"], token)
     sha = subprocess.run(["redis-cli", "SCRIPT", "LOAD", (ROOT / "src/stock/lua/reserve.lua").read_text()],
                          capture_output=True, text=True, check=True).stdout.strip()
     lua = redis_benchmark("EVALSHA", sha, "1", f"{PREFIX}{{p{flash['product']}}}", "bench-token", "1", "10000")
-    rows.append(row(f"flash sale orders, {BUYERS:,} buyers → {UNITS} units (order + pay per buyer, k6)", flash))
-    rows.append(row("flash-sale refusals (sold out, POST /v1/orders)", refused, "redis-benchmark EVALSHA reserve.lua", lua, 0.25))
+    rows.append(row("sold-out refusals (POST /v1/orders, wrk)", refused, "GET /healthz (wrk)", static, 0.8))
+    rows.append(row("sold-out refusals, against the raw gate", refused, "redis-benchmark EVALSHA reserve.lua", lua))
+    targets.append(("Sold-out refusals ≥ 0.8 of /healthz (wrk)", refused["rps"] / static["rps"], 0.8))
     _, zero = api("POST", "/v1/admin/products", {"name": "bench sold out", "price": 1000, "stock": 0})
     refused_redis = refusals(zero["id"], token)
 
-    log("payments and charges vs their raw transactions")
-    tokens = tokens_for(range(1, 2001))
-    pay = payments_bench(tokens)
+    log("ceilings: the payment's and the placement's statements, 1 and 32 per transaction")
     _, ceiling_product = api("POST", "/v1/admin/products", {"name": "bench ceiling", "price": 1, "stock": 1_000_000_000})
     cp = ceiling_product["id"]
-    mariadb(f"UPDATE products SET reserved = 1000000000 WHERE id = {cp}")
-    pay_ceiling = mysqlslap("payment.sql", 300, order_min=int(mariadb("SELECT MIN(id) FROM orders")), orders=2000, users=2000, product=cp)
-    rows.append(row("payments (POST /v1/payments, one product)", pay, "mysqlslap: the payment statements", pay_ceiling, 0.5))
+    mariadb(f"UPDATE products SET reserved = 500000000 WHERE id = {cp}")
+    tokens = tokens_for(range(1, 2049))
+    order_min = payments_bench_orders(tokens, 2048)
+    pay_single = mysqlslap("payment.sql", 300, 1, order_min=order_min, blocks=2048, batch=1, product=cp)
+    pay_batched = mysqlslap("payment.sql", 40, BATCH, order_min=order_min, blocks=2048 // BATCH, batch=BATCH, product=cp)
+    _, placement_product = api("POST", "/v1/admin/products", {"name": "bench placement ceiling", "price": 1, "stock": 1_000_000_000})
+    pp = placement_product["id"]
+    place_single = mysqlslap("placement.sql", 300, 1, blocks=2048, batch=1, product=pp)
+    place_batched = mysqlslap("placement.sql", 40, BATCH, blocks=2048 // BATCH, batch=BATCH, product=pp)
+    rows.append(row("mysqlslap: the payment's statements, 1 per transaction", pay_single))
+    rows.append(row(f"mysqlslap: the payment's statements, {BATCH} per transaction", pay_batched))
+    rows.append(row("mysqlslap: the placement's statements, 1 per transaction", place_single))
+    rows.append(row(f"mysqlslap: the placement's statements, {BATCH} per transaction", place_batched))
+
+    log(f"flash sale everyone wins: {BUYERS:,} buyers, {BUYERS:,} units, {WIN_VUS} VUs")
+    wins = k6_flash("everyone-wins", buyers=BUYERS, units=BUYERS, vus=WIN_VUS)
+    winners = {"rps": wins["winners"], "p50_ms": wins["p50_ms"], "p95_ms": wins["p95_ms"], "p99_ms": wins["p99_ms"]}
+    rows.append(row(f"winners committed/s, everyone wins ({BUYERS:,} → {BUYERS:,}, {WIN_VUS} VUs; latency = orders)", winners,
+                    "mysqlslap payment, 1 per tx", pay_single, 2))
+    rows.append(row("winners committed/s, against the batched ceiling", winners, f"mysqlslap payment, {BATCH} per tx", pay_batched, 0.25))
+    targets.append(("Winners/s ≥ 2× the single-transaction ceiling", wins["winners"] / pay_single["rps"], 2))
+    targets.append((f"Winners/s ≥ 0.25 of the batched ceiling ({BATCH} per tx)", wins["winners"] / pay_batched["rps"], 0.25))
+    latency = [("winners' order p99 (everyone wins, k6)", wins["p99_ms"], 50), ("winners' payment p99 (everyone wins, k6)", wins["pay_p99_ms"], 50)]
+    invariants.append((f"everyone wins: sold {wins['sold']} == buyers {BUYERS}", wins["sold"] == BUYERS))
+
+    log("payments and charges vs their raw transactions")
+    pay = payments_bench(tokens)
+    rows.append(row("payments (POST /v1/payments, one product, wrk)", pay, "mysqlslap payment, 1 per tx", pay_single, 1))
+    rows.append(row("payments, against the batched ceiling", pay, f"mysqlslap payment, {BATCH} per tx", pay_batched, 0.25))
     charge = charges_bench(tokens)
     charge_ceiling = mysqlslap("charge.sql", 600, users=2000)
     rows.append(row("charges (POST /v1/users/{id}/points/charge, 2,000 users)", charge, "mysqlslap: the charge statements", charge_ceiling, 0.5))
 
+    log(f"soak: {SOAK_SECONDS} s of random details, nobody scraping /metrics")
+    soaked, samples = soak(server, SOAK_SECONDS)
     rss = server.peak_rss_mib()
     server.stop()
 
@@ -382,12 +503,12 @@ def measure(server):
         mysql_only.stop()
     rows.append(row("refusals, MySQL only (STOCK_GATE=mysql)", refused_mysql))
     rows.append(row("refusals, Redis gate (same product, same load)", refused_redis, "the MySQL-only refusals", refused_mysql, 5))
-    rows.append(row(f"flash sale orders, MySQL only ({BUYERS:,} buyers → {UNITS} units)", flash_mysql))
+    rows.append(row(f"k6 flash sale sold out, MySQL only ({BUYERS:,} buyers → {UNITS} units)", flash_mysql))
 
-    for label, product in [("redis", flash["product"]), ("mysql", flash_mysql["product"])]:
+    for label, product, given in [("redis", flash["product"], UNITS), ("mysql", flash_mysql["product"], UNITS), ("everyone wins", wins["product"], BUYERS)]:
         sold, paid = mariadb(f"SELECT sold, (SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = {product} AND status = 'PAID') FROM products WHERE id = {product}").split("\t")
-        invariants.append((f"flash sale ({label}) in MySQL: sold {sold} == Σ PAID quantities {paid} ≤ {UNITS}", sold == paid and int(sold) <= UNITS))
-    report(rows, rss, p99s, notes)
+        invariants.append((f"flash sale ({label}) in MySQL: sold {sold} == Σ PAID quantities {paid} ≤ {given}", sold == paid and int(sold) <= given))
+    report(rows, rss, p99s, notes, targets, latency, samples, soaked)
     return 0 if all(ok for _, ok in invariants) else 1
 
 

@@ -199,7 +199,7 @@ const EVICT_EVERY: Duration = Duration::from_secs(60);
 pub fn spawn_background(state: &AppState) {
     crate::orders::expiry::spawn(
         state.db.clone(),
-        state.stock.clone(),
+        state.stock.background(),
         state.config.sweep_interval,
     );
     state.catalog.cache.spawn_listener();

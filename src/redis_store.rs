@@ -46,6 +46,9 @@ const FAILURES_TO_OPEN: u32 = 3;
 const OPEN_FOR: Duration = Duration::from_secs(1);
 /// Connections of the background pool.
 const BACKGROUND_POOL: usize = 4;
+/// The background lane's bound on a call: its work waits for nobody, so it may take longer
+/// than a request's Redis call, but not forever.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys asked for per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
@@ -208,12 +211,13 @@ impl RedisStore {
             .failure_policy(policy)
             .instrument(events.clone())
             .build();
+        let background = timeout.max(BACKGROUND_TIMEOUT);
         let pool_config = deadpool_redis::PoolConfig {
             max_size: BACKGROUND_POOL,
             timeouts: deadpool_redis::Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
+                wait: Some(background),
+                create: Some(background),
+                recycle: Some(background),
             },
             ..Default::default()
         };
@@ -490,6 +494,10 @@ impl RedisStore {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let inner = &*self.inner;
+        let bound = match self.lane {
+            Lane::Request => inner.timeout,
+            Lane::Background => inner.timeout.max(BACKGROUND_TIMEOUT),
+        };
         let work = async {
             match self.lane {
                 Lane::Request => op(self.request_conn().await?).await,
@@ -501,7 +509,7 @@ impl RedisStore {
             }
         };
         let timed = async {
-            match tokio::time::timeout(inner.timeout, work).await {
+            match tokio::time::timeout(bound, work).await {
                 Ok(result) => result,
                 Err(_) => Err(redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

@@ -86,6 +86,8 @@ pub struct Checkout {
 
 /// What a batch runs with.
 struct Engine {
+    /// Batches this instance had to run again (a deadlock or lock timeout).
+    retries: std::sync::atomic::AtomicU64,
     db: MySqlPool,
     stock: StockGate,
     ranking: Ranking,
@@ -101,6 +103,7 @@ impl Checkout {
         batch_max: usize,
     ) -> anyhow::Result<Self> {
         let engine = Arc::new(Engine {
+            retries: Default::default(),
             db,
             stock,
             ranking,
@@ -184,6 +187,13 @@ impl Checkout {
         }
     }
 
+    /// How many batches ran again after a deadlock or lock timeout, since start.
+    pub fn retries(&self) -> u64 {
+        self.engine
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests of `product_id` waiting for its next batch (operators and tests watch it).
     pub fn queued(&self, product_id: i64) -> usize {
         self.batcher.queued(product_id)
@@ -226,7 +236,10 @@ impl Engine {
         metrics::histogram!("checkout_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let committed = match committed {
-            Ok(committed) => committed,
+            Ok(committed) => {
+                self.engine_retried(committed.attempts);
+                committed
+            }
             // A database error that is not an outage may be one request's fault (it should
             // not be): run each alone, so the others still go through.
             Err(e) if pending.len() > 1 && e.code().code != "DEPENDENCY_UNAVAILABLE" => {
@@ -256,6 +269,15 @@ impl Engine {
         self.after_commit(product_id, &pending, &committed).await;
         for (p, answer) in pending.into_iter().zip(committed.answers) {
             p.answer(answer);
+        }
+    }
+
+    fn engine_retried(&self, attempts: u32) {
+        if attempts > 1 {
+            self.retries.fetch_add(
+                u64::from(attempts - 1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 

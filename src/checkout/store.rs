@@ -36,6 +36,8 @@ pub struct Committed {
     /// Units sold by this batch, on `day`.
     pub sold: i64,
     pub day: NaiveDate,
+    /// Runs it took (1 unless a deadlock or lock timeout made it run again).
+    pub attempts: u32,
 }
 
 /// Commits one batch of `product_id`, running it again after a deadlock or lock timeout.
@@ -53,6 +55,12 @@ pub async fn commit(
             Err(e) if e.retryable() && attempt < db::MAX_RETRIES => {
                 attempt += 1;
                 db::backoff(attempt).await;
+            }
+            Ok(committed) => {
+                return Ok(Committed {
+                    attempts: attempt + 1,
+                    ..committed
+                })
             }
             other => return other,
         }
@@ -332,6 +340,7 @@ async fn once(
         paid_holds,
         sold: paid.iter().map(|p| p.quantity).sum(),
         day: now.date(),
+        attempts: 1,
     })
 }
 

@@ -109,6 +109,15 @@ impl StockGate {
         self.enabled
     }
 
+    /// The same gate on Redis's background lane, for work no request waits for (the
+    /// sweeper's releases).
+    pub fn background(&self) -> Self {
+        Self {
+            redis: self.redis.background(),
+            ..self.clone()
+        }
+    }
+
     /// The key of a product's hash. Keys that must be read with it in one round trip
     /// (the catalog's cached row) append to it, keeping its hash tag.
     pub fn product_key(&self, product_id: i64) -> String {
@@ -355,21 +364,32 @@ impl StockGate {
         ids.sort_unstable();
         ids.dedup();
         let gate = self.clone();
-        db::transact(&self.db, move |tx| {
+        let (count, back) = db::transact(&self.db, move |tx| {
             let (gate, ids) = (gate.clone(), ids.clone());
             Box::pin(async move { gate.sync_in(tx, &ids).await })
         })
-        .await
+        .await?;
+        // Announced once the locks are gone.
+        for id in back {
+            self.units_back(id).await;
+        }
+        Ok(count)
     }
 
-    async fn sync_in(&self, tx: &mut MySqlConnection, ids: &[i64]) -> Result<usize, AppError> {
+    /// Rewrites the hashes; returns how many products exist and which of them have units
+    /// again after none.
+    async fn sync_in(
+        &self,
+        tx: &mut MySqlConnection,
+        ids: &[i64],
+    ) -> Result<(usize, Vec<i64>), AppError> {
         let mut products =
             QueryBuilder::new("SELECT id, stock - reserved, sold FROM products WHERE id IN (");
         push_ids(&mut products, ids);
         products.push(") ORDER BY id LOCK IN SHARE MODE");
         let products: Vec<(i64, i64, i64)> = products.build_query_as().fetch_all(&mut *tx).await?;
         if products.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let mut pending = QueryBuilder::new(
             "SELECT product_id, hold, quantity FROM orders WHERE status = 'PENDING' AND product_id IN (",
@@ -397,6 +417,7 @@ impl StockGate {
             .collect();
         // Every product's script in one pipelined round trip, while the locks are held.
         let replies: Vec<(i64, i64)> = self.redis.background().scripts(&calls).await?;
+        let mut back = Vec::new();
         for ((id, ..), (before, after)) in products.iter().zip(replies) {
             if before >= 0 && before != after {
                 metrics::counter!("stock_drift_repaired_total").increment(1);
@@ -408,10 +429,10 @@ impl StockGate {
                 );
             }
             if after > 0 && before <= 0 {
-                self.units_back(*id).await;
+                back.push(*id);
             }
         }
-        Ok(products.len())
+        Ok((products.len(), back))
     }
 
     /// Repairs every product hash present in Redis (start-up, every interval, and when

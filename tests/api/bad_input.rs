@@ -209,3 +209,76 @@ async fn admin_patch_sets_available_stock_and_keeps_reservations() {
     );
     assert_eq!(app.product_row(id).await, (3, 7, 4, 0));
 }
+
+/// Every string field the API accepts, at its limit and one past it: the limit is stored
+/// whole, one past is a 400 (never a 500 from a column too short), nothing written. Limits
+/// count characters, so a multi-byte character counts one.
+#[tokio::test]
+async fn every_string_field_at_its_limit_fits_its_column_and_one_past_is_400() {
+    use reqwest::Method;
+    let app = spawn_app().await;
+    let product = app.create_product(100, 10).await;
+    let users_before = app.count("SELECT COUNT(*) FROM users").await;
+    let products_before = app.count("SELECT COUNT(*) FROM products").await;
+    // (method, path, field, limit in characters)
+    let fields = [
+        (Method::POST, "/v1/admin/users".to_string(), "name", 100),
+        (Method::POST, "/v1/admin/products".to_string(), "name", 200),
+        (
+            Method::PATCH,
+            format!("/v1/admin/products/{product}"),
+            "name",
+            200,
+        ),
+    ];
+    for (method, path, field, limit) in &fields {
+        for ch in ["n", "é", "😀"] {
+            let body = |n: usize| {
+                let mut b = json!({"price": 100, "stock": 1});
+                b[*field] = json!(ch.repeat(n));
+                b
+            };
+            let ok = app.admin(method.clone(), path, body(*limit)).await;
+            assert!(
+                ok.status.is_success(),
+                "{method} {path} {field} at {limit} × {ch}: {ok:?}"
+            );
+            assert_eq!(ok.body[*field].as_str().unwrap().chars().count(), *limit);
+            app.admin(method.clone(), path, body(limit + 1))
+                .await
+                .assert_problem(400, "VALIDATION_FAILED");
+        }
+    }
+    // Stored whole, read back whole.
+    let stored: i64 = app.count("SELECT MAX(CHAR_LENGTH(name)) FROM users").await;
+    assert_eq!(stored, 100);
+    // What was refused wrote nothing: one user and one product per accepted request only.
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM users").await,
+        users_before + 3
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM products").await,
+        products_before + 3
+    );
+    // The Idempotency-Key: 128 visible characters fit its column; 129 are refused.
+    let (user, token) = app.funded_user(0).await;
+    let path = format!("/v1/users/{user}/points/charge");
+    app.post_with_key(
+        &path,
+        Some(&token),
+        json!({"amount": 1}),
+        Some(&"k".repeat(128)),
+    )
+    .await
+    .assert_status(200);
+    app.post_with_key(
+        &path,
+        Some(&token),
+        json!({"amount": 1}),
+        Some(&"k".repeat(129)),
+    )
+    .await
+    .assert_problem(400, "VALIDATION_FAILED");
+    assert_eq!(app.balance(user).await, 1);
+}

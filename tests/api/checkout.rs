@@ -16,19 +16,12 @@ use serde_json::{json, Value};
 use sqlx::{MySql, Transaction};
 
 use crate::helpers::{
-    free_port, spawn_sharing, spawn_with, statements_running, Reply, TestApp, ADMIN_TOKEN,
-    JWT_SECRET,
+    hold_row, spawn_sharing, spawn_with, statements_running, Reply, ServiceProcess, TestApp,
 };
 
 /// Holds `product`'s row lock until the transaction ends: every batch of it waits.
 async fn hold_product(app: &TestApp, product: i64) -> Transaction<'static, MySql> {
-    let mut tx = app.db.begin().await.unwrap();
-    sqlx::query("SELECT id FROM products WHERE id = ? FOR UPDATE")
-        .bind(product)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    tx
+    hold_row(app, "products", product).await
 }
 
 /// Waits until a batch is in flight and blocked on the product's row lock (its locking
@@ -356,50 +349,6 @@ async fn two_instances_hammering_one_product_never_deadlock_or_oversell() {
         .await;
 }
 
-/// The service binary on `app`'s database and Redis prefix.
-struct Child(std::process::Child, String);
-
-impl Child {
-    async fn start(app: &TestApp) -> Child {
-        let port = free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
-            .env("DATABASE_URL", &app.config.database_url)
-            .env("REDIS_URL", crate::helpers::redis_url())
-            .env("REDIS_PREFIX", &app.config.redis_prefix)
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("AUTH_JWT_SECRET", JWT_SECRET)
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RATE_LIMIT_PER_SEC", "0")
-            .env("USER_RATE_LIMIT_PER_SEC", "0")
-            .env("RESERVATION_HOLD_MS", "1000")
-            .env("DB_MAX_CONNECTIONS", "16")
-            .env("RUST_LOG", "error")
-            .spawn()
-            .expect("the service binary");
-        let base = format!("http://127.0.0.1:{port}");
-        let start = Instant::now();
-        while reqwest::get(format!("{base}/healthz")).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the binary did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Child(child, base)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL on Unix
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Places and pays one unit with the buyer's keys; `None` where the connection died.
 async fn buy_with_keys(
     client: &reqwest::Client,
@@ -444,14 +393,21 @@ async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retrie
     let product = app.create_product(100, 10_000).await;
     let buyers = app.bulk_buyers(300, 1_000).await;
     let client = reqwest::Client::new();
-    let mut first = Child::start(&app).await;
+    let mut first = ServiceProcess::start(
+        &app,
+        &[
+            ("RESERVATION_HOLD_MS", "1000"),
+            ("DB_MAX_CONNECTIONS", "16"),
+        ],
+    )
+    .await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = buyers
         .iter()
         .map(|(user, token)| {
             let (client, base, token, done, user) = (
                 client.clone(),
-                first.1.clone(),
+                first.base.clone(),
                 token.clone(),
                 done.clone(),
                 *user,
@@ -490,12 +446,19 @@ async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retrie
 
     // Every buyer retries with the same keys on a new process: each ends with exactly one
     // PAID order, and no retry waited on a claim left by the dead process.
-    let second = Child::start(&app).await;
+    let second = ServiceProcess::start(
+        &app,
+        &[
+            ("RESERVATION_HOLD_MS", "1000"),
+            ("DB_MAX_CONNECTIONS", "16"),
+        ],
+    )
+    .await;
     let started = Instant::now();
     let after = join_all(
         buyers
             .iter()
-            .map(|(user, token)| buy_with_keys(&client, &second.1, *user, token, product)),
+            .map(|(user, token)| buy_with_keys(&client, &second.base, *user, token, product)),
     )
     .await;
     assert!(

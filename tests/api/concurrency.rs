@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_with};
+use crate::helpers::{spawn_app, spawn_with, until_running, Reply};
 
 #[tokio::test]
 async fn two_hundred_concurrent_charges_lose_nothing() {
@@ -128,38 +128,79 @@ async fn sixteen_retries_with_one_idempotency_key_charge_once() {
     );
 }
 
+/// Two batches whose requests arrive in opposite user order (A then B on product X, B then
+/// A on product Y) and whose orders' ids are opposite again, let go at the same instant,
+/// each locking both users: taken in arrival order or in the orders' order this deadlocks;
+/// taken in user id order, as the service does, it cannot.
 #[tokio::test]
-async fn users_paying_for_each_others_products_in_opposite_order_never_deadlock_into_a_5xx() {
+async fn batches_whose_users_arrive_in_opposite_orders_never_deadlock() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
-    let x = app.create_product(10, 10_000).await;
-    let y = app.create_product(10, 10_000).await;
-    let (a, ta) = app.funded_user(100_000).await;
-    let (b, tb) = app.funded_user(100_000).await;
-    // A buys x then y; B buys y then x — many rounds at once, plus charges on both users.
-    let mut orders = Vec::new();
-    for _ in 0..40 {
-        for (user, token, product) in [(a, &ta, x), (a, &ta, y), (b, &tb, y), (b, &tb, x)] {
-            let id = app.order(user, token, product, 1, 10).await.body["order_id"]
+    let x = app.create_product(10, 100).await;
+    let y = app.create_product(10, 100).await;
+    let (a, ta) = app.funded_user(1_000).await;
+    let (b, tb) = app.funded_user(1_000).await;
+    let (c, tc) = app.funded_user(1_000).await;
+    let (d, td) = app.funded_user(1_000).await;
+    let order = |user, token: &str, product| {
+        let token = token.to_string();
+        let app = &app;
+        async move {
+            app.order(user, &token, product, 1, 10)
+                .await
+                .assert_status(201)["order_id"]
                 .as_i64()
-                .unwrap();
-            orders.push((token.clone(), id));
+                .unwrap()
+        }
+    };
+    // Order ids disagree with user ids: on X, B's order comes first; on Y, A's.
+    let bx = order(b, &tb, x).await;
+    let ax = order(a, &ta, x).await;
+    let ay = order(a, &ta, y).await;
+    let by = order(b, &tb, y).await;
+    let (cx, cy) = (order(c, &tc, x).await, order(d, &td, y).await);
+    // Both products held: one batch of each waits in flight (C's and D's payments).
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM products WHERE id IN (?, ?) ORDER BY id FOR UPDATE")
+        .bind(x)
+        .bind(y)
+        .fetch_all(&mut *lock)
+        .await
+        .unwrap();
+    let pay = |token: &str, id: i64| {
+        let req = app
+            .client
+            .post(app.url("/v1/payments"))
+            .bearer_auth(token)
+            .json(&json!({"order_id": id}));
+        tokio::spawn(async move { Reply::read(req.send().await.unwrap()).await })
+    };
+    let blockers = [pay(&tc, cx), pay(&td, cy)];
+    until_running(&app, "SELECT price, stock, reserved, sold FROM products", 2).await;
+    // X's next batch: A then B. Y's next batch: B then A.
+    let mut replies = Vec::new();
+    for (token, id, product, queued) in [
+        (&ta, ax, x, 1),
+        (&tb, bx, x, 2),
+        (&tb, by, y, 1),
+        (&ta, ay, y, 2),
+    ] {
+        replies.push(pay(token, id));
+        while app.state.checkout.queued(product) < queued {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
-    let pays = orders.iter().map(|(token, id)| app.pay(token, *id));
-    let charges = (0..80).map(|i| {
-        if i % 2 == 0 {
-            app.charge(a, &ta, 1)
-        } else {
-            app.charge(b, &tb, 1)
-        }
-    });
-    let (paid, charged) = tokio::join!(join_all(pays), join_all(charges));
-    for r in paid.iter().chain(charged.iter()) {
-        assert!(r.status.is_success(), "{r:?}");
+    lock.rollback().await.unwrap();
+    for r in blockers.into_iter().chain(replies) {
+        r.await.unwrap().assert_status(201);
     }
-    assert_eq!(app.product_row(x).await.3 + app.product_row(y).await.3, 160);
-    assert_eq!(app.balance(a).await, 100_000 - 80 * 10 + 40);
-    assert_eq!(app.balance(b).await, 100_000 - 80 * 10 + 40);
-    app.assert_points_conserved(a).await;
-    app.assert_points_conserved(b).await;
+    assert_eq!(
+        app.state.checkout.retries(),
+        0,
+        "a batch deadlocked and ran again"
+    );
+    assert_eq!((app.balance(a).await, app.balance(b).await), (980, 980));
+    assert_eq!(app.product_row(x).await.3 + app.product_row(y).await.3, 6);
+    for user in [a, b, c, d] {
+        app.assert_points_conserved(user).await;
+    }
 }

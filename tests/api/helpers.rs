@@ -139,6 +139,9 @@ async fn start(config: Config) -> TestApp {
     let pool = db::connect(&config.database_url, config.db_max_connections)
         .await
         .expect("test database");
+    // The test's own connections: an app whose pool is exhausted (the point of some
+    // tests) must not starve the test's queries and locks.
+    let probe = db::pool(&config.database_url, 8).await.expect("test pool");
     let tokens = TokenService::new(&config.auth);
     let state = AppState::new(config.clone(), pool.clone(), Some(metrics_handle()))
         .await
@@ -160,7 +163,7 @@ async fn start(config: Config) -> TestApp {
             .pool_max_idle_per_host(256)
             .build()
             .expect("client"),
-        db: pool,
+        db: probe,
         tokens,
         config,
     }
@@ -506,4 +509,181 @@ impl TestApp {
         }
         self.assert_redis_matches_mysql(product).await;
     }
+}
+
+/// Waits until `n` statements starting with `sql` are running (blocked on a lock).
+pub async fn until_running(app: &TestApp, sql: &str, n: i64) {
+    let start = std::time::Instant::now();
+    loop {
+        let now = statements_running(app, sql).await;
+        if now >= n {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let running: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT COMMAND, COALESCE(STATE, ''), COALESCE(INFO, '') FROM information_schema.PROCESSLIST WHERE DB = DATABASE()",
+            )
+            .fetch_all(&app.db)
+            .await
+            .unwrap_or_default();
+            panic!("{now} of {n} statements `{sql}…` running; running: {running:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Cancels racing the expiry sweeper on the same orders, made certain with the product's
+/// row lock held by the test:
+/// 1. the first half's cancels lock their orders, then wait on the product;
+/// 2. the orders expire; the sweeper claims the rest (skipping the first half's) and waits
+///    on the product too;
+/// 3. the second half's cancels wait on the orders the sweeper holds;
+/// 4. the lock goes, and all of them finish.
+///
+/// Returns the cancels' replies in `orders`' order. The app must sweep often; the orders
+/// are given one expiry a second from now, so the sweeper claims them in one go.
+pub async fn cancels_racing_the_sweeper(
+    app: &TestApp,
+    product: i64,
+    orders: &[(String, i64)],
+) -> Vec<Reply> {
+    const PRODUCT_LOCK: &str = "SELECT id FROM products WHERE id IN";
+    const ORDER_LOCK: &str = "SELECT id, user_id, product_id, quantity, unit_price, total_amount, \
+         status, created_at, expires_at, paid_at, hold FROM orders WHERE id =";
+    let ids: Vec<String> = orders.iter().map(|(_, id)| id.to_string()).collect();
+    sqlx::query(&format!(
+        "UPDATE orders SET expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 SECOND WHERE id IN ({})",
+        ids.join(",")
+    ))
+    .execute(&app.db)
+    .await
+    .expect("one expiry");
+    let mut lock = app.db.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM products WHERE id = ? FOR UPDATE")
+        .bind(product)
+        .fetch_one(&mut *lock)
+        .await
+        .expect("product lock");
+    let cancel = |token: &String, id: i64| {
+        let req = app
+            .client
+            .post(app.url(&format!("/v1/orders/{id}/cancel")))
+            .bearer_auth(token)
+            .json(&json!({}));
+        tokio::spawn(async move { Reply::read(req.send().await.expect("request")).await })
+    };
+    let (first, second) = orders.split_at(orders.len() / 2);
+    let mut replies: Vec<_> = first.iter().map(|(t, id)| cancel(t, *id)).collect();
+    until_running(app, PRODUCT_LOCK, first.len() as i64).await;
+    let start = std::time::Instant::now();
+    while sqlx::query_scalar::<_, i64>(&format!(
+        "SELECT COUNT(*) FROM orders WHERE id IN ({}) AND expires_at > UTC_TIMESTAMP(6)",
+        ids.join(",")
+    ))
+    .fetch_one(&app.db)
+    .await
+    .expect("expiry")
+        > 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the orders never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until_running(app, PRODUCT_LOCK, first.len() as i64 + 1).await; // the sweeper
+    replies.extend(second.iter().map(|(t, id)| cancel(t, *id)));
+    until_running(app, ORDER_LOCK, second.len() as i64).await;
+    lock.rollback().await.expect("release");
+    let mut out = Vec::new();
+    for r in replies {
+        out.push(r.await.expect("cancel"));
+    }
+    out
+}
+
+/// The service binary as a child process on `app`'s database and Redis prefix (so the test
+/// can `kill -9` it), killed when dropped.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Starts it with the test's secrets, the rate limits off, and `env` on top; waits
+    /// until it answers.
+    pub async fn start(app: &TestApp, env: &[(&str, &str)]) -> ServiceProcess {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"));
+        cmd.env("DATABASE_URL", &app.config.database_url)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_PREFIX", &app.config.redis_prefix)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("AUTH_JWT_SECRET", JWT_SECRET)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RATE_LIMIT_PER_SEC", "0")
+            .env("USER_RATE_LIMIT_PER_SEC", "0")
+            .env("RUST_LOG", "error");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("the service binary");
+        let base = format!("http://127.0.0.1:{port}");
+        let start = std::time::Instant::now();
+        while reqwest::get(format!("{base}/healthz")).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the binary did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ServiceProcess { child, base }
+    }
+
+    /// `kill -9`: nothing of the process runs after this returns.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Locks one row of `table` (`users`, `products`, `orders`) until the transaction ends:
+/// whatever needs it waits meanwhile.
+pub async fn hold_row(
+    app: &TestApp,
+    table: &str,
+    id: i64,
+) -> sqlx::Transaction<'static, sqlx::MySql> {
+    let mut tx = app.db.begin().await.expect("begin");
+    sqlx::query(&format!("SELECT id FROM {table} WHERE id = ? FOR UPDATE"))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("row lock");
+    tx
+}
+
+/// An app whose Redis is reached through a [`crate::proxy::Proxy`] the test controls.
+pub async fn spawn_behind_proxy(tweak: impl FnOnce(&mut Config)) -> (TestApp, crate::proxy::Proxy) {
+    let upstream = redis_url();
+    let proxy = crate::proxy::Proxy::start(
+        upstream
+            .trim_start_matches("redis://")
+            .trim_end_matches('/'),
+    )
+    .await;
+    let url = proxy.url.clone();
+    let app = spawn_with(|c| {
+        c.redis = RedisTarget::Single(url);
+        tweak(c);
+    })
+    .await;
+    (app, proxy)
 }

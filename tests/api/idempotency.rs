@@ -226,3 +226,138 @@ async fn a_key_held_past_the_lock_wait_is_409_in_progress_and_nothing_runs() {
         .assert_status(200);
     assert_eq!(app.balance(user).await, 5);
 }
+
+#[tokio::test]
+async fn a_retried_cancel_replays_its_first_answer() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(1_000).await;
+    let product = app.create_product(100, 5).await;
+    let id = app.order(user, &token, product, 2, 100).await.body["order_id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/v1/orders/{id}/cancel");
+    let first = app
+        .post_with_key(&path, Some(&token), json!({}), Some("cancel-1"))
+        .await;
+    assert_eq!(first.assert_status(200)["status"], "CANCELLED");
+    let again = app
+        .post_with_key(&path, Some(&token), json!({}), Some("cancel-1"))
+        .await;
+    assert_eq!(again.assert_status(200), &first.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(
+        app.product_row(product).await,
+        (5, 5, 0, 0),
+        "units back once"
+    );
+    // Without the key a second cancel is refused, as the order is no longer PENDING.
+    app.post(&path, Some(&token), json!({}))
+        .await
+        .assert_problem(409, "ORDER_NOT_CANCELLABLE");
+    // The same key for another order is another request.
+    let other = app.order(user, &token, product, 1, 100).await.body["order_id"]
+        .as_i64()
+        .unwrap();
+    app.post_with_key(
+        &format!("/v1/orders/{other}/cancel"),
+        Some(&token),
+        json!({}),
+        Some("cancel-1"),
+    )
+    .await
+    .assert_problem(422, "IDEMPOTENCY_KEY_REUSED");
+}
+
+#[tokio::test]
+async fn admin_writes_run_once_per_key() {
+    use crate::helpers::ADMIN_TOKEN;
+    let app = spawn_app().await;
+    let send =
+        |method: reqwest::Method, path: String, body: serde_json::Value, key: &'static str| {
+            let req = app
+                .client
+                .request(method, app.url(&path))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("Idempotency-Key", key)
+                .json(&body);
+            async move { crate::helpers::Reply::read(req.send().await.unwrap()).await }
+        };
+    let users = app.count("SELECT COUNT(*) FROM users").await;
+    let a = send(
+        reqwest::Method::POST,
+        "/v1/admin/users".into(),
+        json!({"name": "kim"}),
+        "u-1",
+    )
+    .await;
+    let b = send(
+        reqwest::Method::POST,
+        "/v1/admin/users".into(),
+        json!({"name": "kim"}),
+        "u-1",
+    )
+    .await;
+    assert_eq!(a.assert_status(201), b.assert_status(201));
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, users + 1);
+    let products = app.count("SELECT COUNT(*) FROM products").await;
+    let body = json!({"name": "mug", "price": 1200, "stock": 50});
+    let p1 = send(
+        reqwest::Method::POST,
+        "/v1/admin/products".into(),
+        body.clone(),
+        "p-1",
+    )
+    .await;
+    let p2 = send(
+        reqwest::Method::POST,
+        "/v1/admin/products".into(),
+        body,
+        "p-1",
+    )
+    .await;
+    assert_eq!(p1.assert_status(201), p2.assert_status(201));
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM products").await,
+        products + 1
+    );
+    let id = p1.body["id"].as_i64().unwrap();
+    let patch = format!("/v1/admin/products/{id}");
+    let c1 = send(
+        reqwest::Method::PATCH,
+        patch.clone(),
+        json!({"stock": 70}),
+        "s-1",
+    )
+    .await;
+    let c2 = send(
+        reqwest::Method::PATCH,
+        patch.clone(),
+        json!({"stock": 70}),
+        "s-1",
+    )
+    .await;
+    assert_eq!(c1.assert_status(200), c2.assert_status(200));
+    assert_eq!(c2.headers["idempotent-replayed"], "true");
+    send(reqwest::Method::PATCH, patch, json!({"stock": 71}), "s-1")
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_REUSED");
+    let user = a.body["id"].as_i64().unwrap();
+    let t1 = send(
+        reqwest::Method::POST,
+        format!("/v1/admin/users/{user}/tokens"),
+        json!({}),
+        "t-1",
+    )
+    .await;
+    let t2 = send(
+        reqwest::Method::POST,
+        format!("/v1/admin/users/{user}/tokens"),
+        json!({}),
+        "t-1",
+    )
+    .await;
+    assert_eq!(
+        t1.assert_status(201)["token"],
+        t2.assert_status(201)["token"]
+    );
+}

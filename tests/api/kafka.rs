@@ -283,8 +283,22 @@ async fn two_relays_at_once_publish_every_event() {
 
 #[tokio::test]
 async fn without_brokers_events_wait_in_the_outbox_and_readiness_is_unaffected() {
-    let app = spawn_app().await;
-    paid_orders(&app, 2).await;
-    assert_eq!(app.count(UNPUBLISHED).await, 2);
+    let app = spawn_app().await; // KAFKA_BROKERS unset: no relay
+    let ids = paid_orders(&app, 2).await;
     assert_eq!(app.get("/readyz", None).await.status, 200);
+    assert_eq!(app.count(UNPUBLISHED).await, 2);
+    // They waited, whole: an instance with a broker, on the same database, publishes them.
+    let broker = Broker::start();
+    let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
+    let relaying = crate::helpers::spawn_sharing(&app, |c| c.kafka = Some(kafka.clone())).await;
+    let _consumer = start_consumer(&relaying, &kafka);
+    wait_for(
+        &app,
+        UNPUBLISHED,
+        0,
+        "unpublished rows once a broker is there",
+    )
+    .await;
+    wait_for(&app, APPLIED, 2, "events applied").await;
+    assert_eq!(platform_orders(&app).await, ids);
 }

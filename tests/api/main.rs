@@ -6,6 +6,7 @@ mod bad_input;
 mod catalog;
 mod checkout;
 mod concurrency;
+mod faults;
 mod helpers;
 mod idempotency;
 mod kafka;

@@ -64,7 +64,7 @@ async fn without_redis_the_service_is_ready_but_degraded() {
 #[tokio::test]
 async fn mysql_down_is_503_dependency_unavailable() {
     let app = spawn_app().await;
-    app.db.close().await;
+    app.state.db.close().await; // the app's own pool (the test has its own)
     let r = app.get("/v1/products", None).await;
     r.assert_problem(503, "DEPENDENCY_UNAVAILABLE");
     assert!(!r.body["detail"]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_with};
+use crate::helpers::{cancels_racing_the_sweeper, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn o1_an_order_with_price_and_quantity_reserves_stock() {
@@ -151,41 +151,37 @@ async fn an_unpaid_order_expires_and_returns_its_stock() {
 #[tokio::test]
 async fn cancel_and_expiry_racing_return_stock_exactly_once() {
     let app = spawn_with(|c| {
-        c.order_ttl = Duration::from_millis(1500);
-        c.sweep_interval = Duration::from_millis(10);
+        c.sweep_interval = Duration::from_millis(20);
+        c.db_max_connections = 40; // every racing cancel holds a connection while it waits
     })
     .await;
     let (user, token) = app.funded_user(0).await;
     let product = app.create_product(1, 1000).await;
-    let mut ids = Vec::new();
+    let mut orders = Vec::new();
     for _ in 0..20 {
-        ids.push(
-            app.order(user, &token, product, 3, 1).await.body["order_id"]
-                .as_i64()
-                .unwrap(),
-        );
+        let id = app.order(user, &token, product, 3, 1).await.body["order_id"]
+            .as_i64()
+            .unwrap();
+        orders.push((token.clone(), id));
     }
-    tokio::time::sleep(Duration::from_millis(1400)).await;
-    let cancels = ids.iter().map(|id| {
-        let app = &app;
-        let token = &token;
-        async move {
-            app.post(&format!("/v1/orders/{id}/cancel"), Some(token), json!({}))
-                .await
-                .status
-                .as_u16()
-        }
-    });
-    let statuses = futures::future::join_all(cancels).await;
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 409),
-        "{statuses:?}"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.product_row(product).await, (1000, 1000, 0, 0));
+    let replies = cancels_racing_the_sweeper(&app, product, &orders).await;
+    // The cancels that held their orders first won; the others lost to the sweeper.
+    for r in &replies[..10] {
+        assert_eq!(r.assert_status(200)["status"], "CANCELLED");
+    }
+    for r in &replies[10..] {
+        r.assert_problem(409, "ORDER_NOT_CANCELLABLE");
+    }
     assert_eq!(
-        app.count("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'")
+        app.count("SELECT COUNT(*) FROM orders WHERE status = 'CANCELLED'")
             .await,
-        0
+        10
     );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM orders WHERE status = 'EXPIRED'")
+            .await,
+        10
+    );
+    // Every unit came back, and only once.
+    assert_eq!(app.product_row(product).await, (1000, 1000, 0, 0));
 }

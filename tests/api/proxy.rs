@@ -20,7 +20,12 @@ pub enum Mode {
     Refuse = 1,
     /// Connections are accepted and nothing ever comes back: Redis hangs.
     Blackhole = 2,
+    /// Bytes flow, but every chunk Redis sends back waits `SLOW_MS` first: a far Redis.
+    Slow = 3,
 }
+
+/// The delay of [`Mode::Slow`] per chunk of replies.
+pub const SLOW_MS: u64 = 50;
 
 pub struct Proxy {
     pub url: String,
@@ -49,6 +54,11 @@ impl Proxy {
                             }
                         }
                         1 => drop(client),
+                        3 => {
+                            if let Ok(server) = TcpStream::connect(&upstream).await {
+                                slow(client, server, g, born).await;
+                            }
+                        }
                         _ => hold(client, g, born).await,
                     }
                 });
@@ -78,6 +88,41 @@ async fn stale(g: &AtomicU64, born: u64) {
 async fn pipe(mut client: TcpStream, mut server: TcpStream, g: Arc<AtomicU64>, born: u64) {
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = stale(&g, born) => {}
+    }
+}
+
+/// Forwards both ways; what comes back arrives `SLOW_MS` after Redis sent it (a constant
+/// latency: chunks in flight overlap, as on a long wire).
+async fn slow(client: TcpStream, server: TcpStream, g: Arc<AtomicU64>, born: u64) {
+    use tokio::io::AsyncWriteExt;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = server_read.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((tokio::time::Instant::now(), buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at + std::time::Duration::from_millis(SLOW_MS)).await;
+            if client_write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = async { tokio::join!(read, write) } => {}
         _ = stale(&g, born) => {}
     }
 }
