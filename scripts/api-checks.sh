@@ -16,10 +16,10 @@ bin=target/debug/commerce-api
 [ -x "$bin" ] || cargo build --locked
 port="${FUZZ_PORT:-18181}"
 base="http://127.0.0.1:$port"
-admin="fuzz-admin-$$"
+admin="fuzz-admin-token-$$"
 DATABASE_URL="${TEST_DATABASE_URL:-mysql://commerce:commerce@127.0.0.1:3306}/commerce_test_fuzz_$$" \
   REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}" REDIS_PREFIX="commerce_test_fuzz_$$:" \
-  BIND_ADDR="127.0.0.1:$port" AUTH_JWT_SECRET="fuzz-secret-$$" ADMIN_TOKEN="$admin" \
+  BIND_ADDR="127.0.0.1:$port" AUTH_JWT_SECRET="fuzz-secret-$$-padded-to-thirty-two-bytes" ADMIN_TOKEN="$admin" \
   RATE_LIMIT_PER_SEC=0 USER_RATE_LIMIT_PER_SEC=0 RUST_LOG=error \
   "$bin" serve --seed-demo &
 server=$!

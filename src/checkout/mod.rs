@@ -34,6 +34,9 @@ use crate::{
     stock::{Finish, Gate, Hold, StockGate},
 };
 
+/// How many placed orders an instance remembers for routing their payments.
+const PLACED_REMEMBERED: u64 = 200_000;
+
 /// What a buyer asks for: how many units of which product, at the unit price they saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewOrder {
@@ -86,6 +89,9 @@ pub struct Checkout {
 
 /// What a batch runs with.
 struct Engine {
+    /// Orders placed here, by id: their product (which never changes) and owner, so that
+    /// paying one routes to its product's batch without reading MySQL first.
+    placed: moka::future::Cache<i64, (i64, i64)>,
     /// Batches this instance had to run again (a deadlock or lock timeout).
     retries: std::sync::atomic::AtomicU64,
     db: MySqlPool,
@@ -103,6 +109,10 @@ impl Checkout {
         batch_max: usize,
     ) -> anyhow::Result<Self> {
         let engine = Arc::new(Engine {
+            placed: moka::future::Cache::builder()
+                .max_capacity(PLACED_REMEMBERED)
+                .time_to_live(order_ttl)
+                .build(),
             retries: Default::default(),
             db,
             stock,
@@ -164,12 +174,19 @@ impl Checkout {
         body: &(impl Serialize + Sync),
     ) -> Result<Outcome<PaymentView, ()>, AppError> {
         let claim = key.claim(caller.scope("pay"), body, axum::http::StatusCode::CREATED)?;
-        // Which product's batch: the order's product never changes, so a plain read routes.
-        let owner: Option<(i64, i64)> =
-            sqlx::query_as("SELECT product_id, user_id FROM orders WHERE id = ?")
+        // Which product's batch: the order's product never changes, so what this instance
+        // placed, or a plain read, routes.
+        let owner = match self.engine.placed.get(&order_id).await {
+            Some(owner) => Some(owner),
+            None => {
+                sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT product_id, user_id FROM orders WHERE id = ?",
+                )
                 .bind(order_id)
                 .fetch_optional(&self.engine.db)
-                .await?;
+                .await?
+            }
+        };
         let Some((product_id, _)) = owner.filter(|(_, user)| caller.owns(*user)) else {
             return self.refuse(claim.as_ref(), AppError::OrderNotFound).await;
         };
@@ -229,8 +246,9 @@ impl Checkout {
 }
 
 impl Engine {
-    /// One batch of `product_id`: commit, then Redis, then each job's answer.
-    async fn run(&self, product_id: i64, pending: Vec<Pending<Job, Answer>>) {
+    /// One batch of `product_id`: commit, then (in a task of its own) Redis and each job's
+    /// answer.
+    async fn run(self: &Arc<Self>, product_id: i64, pending: Vec<Pending<Job, Answer>>) {
         let started = std::time::Instant::now();
         let committed = store::commit(&self.db, product_id, &pending, self.order_ttl).await;
         metrics::histogram!("checkout_batch_duration_seconds")
@@ -266,10 +284,22 @@ impl Engine {
                 return;
             }
         };
-        self.after_commit(product_id, &pending, &committed).await;
-        for (p, answer) in pending.into_iter().zip(committed.answers) {
-            p.answer(answer);
+        for (p, answer) in pending.iter().zip(&committed.answers) {
+            if let (Job::Place { .. }, Ok(Done::Placed(order))) = (&p.job, answer) {
+                self.placed
+                    .insert(order.id, (order.product_id, order.user_id))
+                    .await;
+            }
         }
+        // Redis, then the answers, while the next batch already runs: a client hears of
+        // its order only once Redis knows it too.
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine.after_commit(product_id, &pending, &committed).await;
+            for (p, answer) in pending.into_iter().zip(committed.answers) {
+                p.answer(answer);
+            }
+        });
     }
 
     fn engine_retried(&self, attempts: u32) {
