@@ -4,6 +4,8 @@ use std::sync::OnceLock;
 
 use utoipa::{
     openapi::{
+        path::ParameterIn,
+        schema::{Object, Schema, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
         ContentBuilder, Ref, RefOr, Response, ResponseBuilder,
     },
@@ -61,7 +63,40 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .merge_from(payments::routes::Api::openapi())
         .merge_from(admin::routes::Api::openapi());
     add_middleware_responses(&mut doc);
+    describe_codes(&mut doc);
     doc
+}
+
+/// The code table: `Problem.code` is an enum of it, and the API's description lists every
+/// code with its status and meaning (the same table builds the problems and their pages).
+fn describe_codes(doc: &mut utoipa::openapi::OpenApi) {
+    let table: String = crate::error::CODES
+        .iter()
+        .map(|c| format!("| {} | `{}` | {} |\n", c.status, c.code, c.meaning))
+        .collect();
+    let description = doc.info.description.get_or_insert_with(String::new);
+    description.push_str(&format!(
+        "\n\nEvery error is a problem whose `type` resolves on this service to a page about its \
+         code, whose `request_id` is the response's `x-request-id`, and whose numbers are members.\n\n\
+         | status | code | meaning |\n|---|---|---|\n{table}"
+    ));
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(problem))) = components.schemas.get_mut("Problem") {
+        if let Some(RefOr::T(Schema::Object(code))) = problem.properties.get_mut("code") {
+            let mut with_enum = Object::with_type(Type::String);
+            with_enum.enum_values = Some(
+                crate::error::CODES
+                    .iter()
+                    .map(|c| serde_json::Value::from(c.code))
+                    .collect(),
+            );
+            with_enum.description =
+                Some("A code of the table in this document's description".into());
+            *code = with_enum;
+        }
+    }
 }
 
 fn problem(description: &str) -> Response {
@@ -94,12 +129,26 @@ fn add_middleware_responses(doc: &mut utoipa::openapi::OpenApi) {
         .flatten()
         {
             let has_body = op.request_body.is_some();
+            let idempotent = op.parameters.iter().flatten().any(|p| {
+                p.parameter_in == ParameterIn::Header
+                    && p.name.eq_ignore_ascii_case(crate::idempotency::HEADER)
+            });
             let responses = &mut op.responses.responses;
             let mut add = |status: &str, description: &str| {
                 responses
                     .entry(status.to_string())
                     .or_insert_with(|| RefOr::T(problem(description)));
             };
+            if idempotent {
+                add(
+                    "409",
+                    "IDEMPOTENCY_IN_PROGRESS: the same key is still being processed",
+                );
+                add(
+                    "422",
+                    "IDEMPOTENCY_KEY_REUSED: the key was used with another request",
+                );
+            }
             if has_body {
                 add("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB");
                 add("415", "VALIDATION_FAILED: the body is not application/json");

@@ -1,4 +1,5 @@
-//! Demo data: on an empty database, a catalog and users with points to browse and buy.
+//! Demo data: on an empty database, a catalog, users with points to browse and buy, and a
+//! few days of paid orders so the best sellers show a ranking at once.
 
 use sqlx::{MySqlPool, QueryBuilder};
 
@@ -94,6 +95,111 @@ pub async fn demo_if_empty(pool: &MySqlPool, size: Size) -> anyhow::Result<bool>
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    sales(&mut tx, size, now).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Days of paid orders the demo starts with, so the best sellers show a ranking.
+const SALES_DAYS: i64 = 3;
+/// Products sold each of those days.
+const SALES_PRODUCTS: i64 = 12;
+
+/// A few days of paid orders, written as the checkout writes them (order, payment, USE
+/// history row, stock and sold, the day's sales), so every invariant holds from the start.
+async fn sales(
+    tx: &mut sqlx::MySqlConnection,
+    size: Size,
+    now: chrono::NaiveDateTime,
+) -> anyhow::Result<()> {
+    if size.users == 0 {
+        return Ok(());
+    }
+    for day in 0..SALES_DAYS {
+        let paid_at = now - chrono::Duration::days(SALES_DAYS - 1 - day);
+        for product in 1..=SALES_PRODUCTS.min(size.products) {
+            let quantity = 1 + (SALES_PRODUCTS - product + day * 3) % 9;
+            let user = 1 + (product * 7 + day * 13) % size.users;
+            let (price, stock): (i64, i64) =
+                sqlx::query_as("SELECT price, stock FROM products WHERE id = ?")
+                    .bind(product)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if stock < quantity {
+                continue;
+            }
+            let total = price * quantity;
+            let balance: i64 = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+                .bind(user)
+                .fetch_one(&mut *tx)
+                .await?;
+            if balance < total {
+                continue;
+            }
+            let after = balance - total;
+            let order = sqlx::query(
+                "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, \
+                 created_at, expires_at, paid_at, updated_at, hold) \
+                 VALUES (?, ?, ?, ?, ?, 'PAID', ?, ?, ?, ?, CONCAT('demo-', ?, '-', ?))",
+            )
+            .bind(user)
+            .bind(product)
+            .bind(quantity)
+            .bind(price)
+            .bind(total)
+            .bind(paid_at)
+            .bind(paid_at)
+            .bind(paid_at)
+            .bind(paid_at)
+            .bind(day)
+            .bind(product)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_id();
+            sqlx::query(
+                "INSERT INTO payments (order_id, user_id, amount, status, balance_after, created_at) \
+                 VALUES (?, ?, ?, 'COMPLETED', ?, ?)",
+            )
+            .bind(order)
+            .bind(user)
+            .bind(total)
+            .bind(after)
+            .bind(paid_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE users SET balance = ? WHERE id = ?")
+                .bind(after)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(user)
+            .bind(PointKind::Use.as_str())
+            .bind(total)
+            .bind(after)
+            .bind(order)
+            .bind(paid_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE products SET stock = stock - ?, sold = sold + ? WHERE id = ?")
+                .bind(quantity)
+                .bind(quantity)
+                .bind(product)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO daily_sales (day, product_id, quantity) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)",
+            )
+            .bind(paid_at.date())
+            .bind(product)
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
 }

@@ -119,3 +119,42 @@ async fn c2_top_ten_by_units_sold_in_the_window_ties_by_lower_id() {
             .assert_problem(400, "VALIDATION_FAILED");
     }
 }
+
+#[tokio::test]
+async fn the_demo_seed_shows_a_ranking_at_once_and_every_invariant_holds() {
+    let app = crate::helpers::spawn_app().await;
+    let size = commerce_api::seed::Size {
+        products: 50,
+        users: 20,
+    };
+    assert!(commerce_api::seed::demo_if_empty(&app.state.db, size)
+        .await
+        .unwrap());
+    let top = app.get("/v1/products/top?days=3", None).await;
+    let items = top.assert_status(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 10, "{top:?}");
+    assert!(items
+        .windows(2)
+        .all(|w| w[0]["sold"].as_i64() >= w[1]["sold"].as_i64()));
+    // Whatever it sold is sold everywhere: sold == Σ PAID, the days' sales agree, and every
+    // balance is proven by its history.
+    assert_eq!(
+        app.count("SELECT CAST(SUM(sold) AS SIGNED) FROM products")
+            .await,
+        app.count("SELECT CAST(SUM(quantity) AS SIGNED) FROM orders WHERE status = 'PAID'")
+            .await
+    );
+    assert_eq!(
+        app.count("SELECT CAST(SUM(quantity) AS SIGNED) FROM daily_sales")
+            .await,
+        app.count("SELECT CAST(SUM(quantity) AS SIGNED) FROM orders WHERE status = 'PAID'")
+            .await
+    );
+    for user in 1..=20 {
+        app.assert_points_conserved(user).await;
+    }
+    // A second start does not seed again.
+    assert!(!commerce_api::seed::demo_if_empty(&app.state.db, size)
+        .await
+        .unwrap());
+}
