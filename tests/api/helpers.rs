@@ -452,19 +452,31 @@ impl TestApp {
         }
     }
 
+    /// One command on this app's Redis, one server or a cluster.
+    pub async fn redis_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match &self.config.redis {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str()).expect("redis client");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis");
+                cmd.query_async(&mut conn).await.expect("redis command")
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client =
+                    redis::cluster::ClusterClient::new(nodes.clone()).expect("cluster client");
+                let mut conn = client.get_async_connection().await.expect("cluster");
+                cmd.query_async(&mut conn).await.expect("redis command")
+            }
+        }
+    }
+
     /// The stock gate's hash of a product: (avail, sold, PENDING reservations held, in-flight).
     pub async fn redis_stock(&self, product: i64) -> (Option<i64>, Option<i64>, usize, usize) {
-        let mut conn = self
-            .redis()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
         let key = format!("{}{{p{product}}}", self.config.redis_prefix);
-        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("hgetall");
+        let all: std::collections::HashMap<String, String> =
+            self.redis_cmd(redis::cmd("HGETALL").arg(&key)).await;
         let number = |f: &str| all.get(f).and_then(|v| v.parse().ok());
         let held = all.keys().filter(|k| k.starts_with("h:")).count();
         let inflight = all.keys().filter(|k| k.starts_with("r:")).count();

@@ -17,5 +17,7 @@ mod orders;
 mod payments;
 mod points;
 mod proxy;
+mod redis_cluster;
 mod redis_paths;
 mod refunds;
+mod scaling;

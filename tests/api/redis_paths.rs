@@ -69,9 +69,15 @@ async fn detail(app: &TestApp, product: i64) -> serde_json::Value {
 async fn two_instances_on_one_redis_agree_within_a_second_of_a_write() {
     let a = spawn_app().await;
     let b = spawn_sharing(&a, |_| {}).await;
+    two_instances_agree(&a, &b).await;
+}
+
+/// A write through A shows on B within a second (invalidation); a reservation and a
+/// payment at once (live counters).
+pub async fn two_instances_agree(a: &TestApp, b: &TestApp) {
     let product = a.create_product(100, 10).await;
     // B caches the product and the page.
-    assert_eq!(detail(&b, product).await["name"], "thing");
+    assert_eq!(detail(b, product).await["name"], "thing");
     assert_eq!(
         b.get("/v1/products", None).await.body["items"][0]["name"],
         "thing"
@@ -87,7 +93,7 @@ async fn two_instances_on_one_redis_agree_within_a_second_of_a_write() {
     patched.assert_status(200);
     let start = Instant::now();
     loop {
-        let d = detail(&b, product).await;
+        let d = detail(b, product).await;
         let page = b.get("/v1/products", None).await;
         if d["name"] == "renamed" && d["price"] == 150 && page.body["items"][0]["price"] == 150 {
             break;
@@ -103,9 +109,9 @@ async fn two_instances_on_one_redis_agree_within_a_second_of_a_write() {
     let (user, token) = a.funded_user(1_000).await;
     let order = a.order(user, &token, product, 2, 150).await;
     let order_id = order.assert_status(201)["order_id"].as_i64().unwrap();
-    assert_eq!(detail(&b, product).await["stock"], 8);
+    assert_eq!(detail(b, product).await["stock"], 8);
     a.pay(&token, order_id).await.assert_status(201);
-    let d = detail(&b, product).await;
+    let d = detail(b, product).await;
     assert_eq!(
         (d["stock"].clone(), d["sold"].clone()),
         (json!(8), json!(2))
@@ -118,16 +124,21 @@ async fn two_instances_on_one_redis_agree_within_a_second_of_a_write() {
     )
     .await
     .assert_status(200);
-    assert_eq!(detail(&b, product).await["stock"], 30);
+    assert_eq!(detail(b, product).await["stock"], 30);
     a.assert_redis_matches_mysql(product).await;
 }
 
 #[tokio::test]
 async fn five_hundred_buyers_for_fifty_units_through_redis_never_oversell() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
+    five_hundred_for_fifty(&app).await;
+}
+
+/// 500 buyers for 50 units: exactly 50 served, 450 refused by Redis alone.
+pub async fn five_hundred_for_fifty(app: &TestApp) {
     let product = app.create_product(100, 50).await;
     let buyers = app.bulk_buyers(500, 1_000).await;
-    let outcomes = everyone_buys(&app, &buyers, product).await;
+    let outcomes = everyone_buys(app, &buyers, product).await;
     let paid = outcomes.iter().filter(|o| o.0 == 201).count();
     let sold_out = outcomes.iter().filter(|o| o.1 == "OUT_OF_STOCK").count();
     assert_eq!((paid, sold_out), (50, 450), "{outcomes:?}");
@@ -178,13 +189,27 @@ async fn a_flushed_redis_comes_back_right_stock_reservations_and_ranking() {
         c.db_max_connections = 30;
     })
     .await;
+    let redis = app.redis();
+    flushed_redis_comes_back(&app, || async {
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    })
+    .await;
+}
+
+/// Redis loses everything (`flush`) while 60 of 80 buyers are in flight: MySQL decides
+/// exactly, and Redis comes back to agree with it — stock, reservations and the ranking.
+pub async fn flushed_redis_comes_back<F, Fut>(app: &TestApp, flush: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let product = app.create_product(100, 100).await;
     let buyers = app.bulk_buyers(160, 1_000).await;
-    let redis = app.redis();
     let answered = AtomicUsize::new(0);
     let wave = |range: std::ops::Range<usize>| {
         join_all(buyers[range].iter().enumerate().map(|(i, (user, token))| {
-            let (answered, app) = (&answered, &app);
+            let answered = &answered;
             async move {
                 let outcome = buy(app, *user, token, product, 100, i % 2 == 0).await;
                 answered.fetch_add(1, Ordering::SeqCst);
@@ -198,8 +223,7 @@ async fn a_flushed_redis_comes_back_right_stock_reservations_and_ranking() {
         while answered.load(Ordering::SeqCst) < 20 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+        flush().await;
     };
     let (first, ()) = tokio::join!(wave(0..80), flush);
     let second = wave(80..160).await;
