@@ -111,7 +111,7 @@ impl AppState {
         let ranking = Ranking::new(redis.clone(), reader.clone(), config.stock_gate);
         let catalog = Catalog {
             db: reader.clone(),
-            cache: CatalogCache::new(redis.clone(), stock.clone()),
+            cache: CatalogCache::new(redis.clone(), stock.clone(), repeat_invalidation(&config)),
             stock: stock.clone(),
             ranking: ranking.clone(),
         };
@@ -148,6 +148,16 @@ impl AppState {
             auth,
             ops,
         })))
+    }
+}
+
+/// When a write's invalidation is repeated: a reader may have loaded the old row just before
+/// the commit, or, with a replica, up to the lag the replica is allowed; after this, what
+/// the primary committed is what every load sees.
+fn repeat_invalidation(config: &Config) -> Duration {
+    match config.database_read_url {
+        Some(_) => config.replica_max_lag + db::HEARTBEAT_EVERY * 4,
+        None => Duration::from_millis(500),
     }
 }
 

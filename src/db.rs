@@ -53,11 +53,30 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
     Ok(pool)
 }
 
-/// A pool on an existing database, without migrating it (a read replica).
+/// A pool on an existing database, without migrating it.
 pub async fn pool(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
-    Ok(MySqlPoolOptions::new()
+    pool_with(url, max_connections, Duration::from_secs(3)).await
+}
+
+/// A read replica's pool: it gives up waiting for a connection sooner, since the primary
+/// can answer instead. Connections are made on first use, so a replica that is down at
+/// start-up is simply not used.
+pub async fn replica_pool(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    Ok(options(max_connections, Duration::from_millis(500)).connect_lazy(url)?)
+}
+
+async fn pool_with(
+    url: &str,
+    max_connections: u32,
+    acquire: Duration,
+) -> anyhow::Result<MySqlPool> {
+    Ok(options(max_connections, acquire).connect(url).await?)
+}
+
+fn options(max_connections: u32, acquire: Duration) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(acquire)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -71,8 +90,6 @@ pub async fn pool(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> 
                 Ok(())
             })
         })
-        .connect(url)
-        .await?)
 }
 
 /// The MySQL error number of a database error, if it is one.
@@ -201,6 +218,27 @@ impl Reader {
         match &self.replica {
             Some(replica) if self.fresh.load(std::sync::atomic::Ordering::Relaxed) => replica,
             _ => &self.primary,
+        }
+    }
+
+    /// Runs a catalog load on [`Reader::pool`]; when that was the replica and it failed as
+    /// unavailable (it died between two heartbeats), stops using it and asks the primary.
+    pub async fn read<T, F, Fut>(&self, load: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if !self.on_replica() {
+            return load(self.primary.clone()).await;
+        }
+        match load(self.pool().clone()).await {
+            Err(e) if is_unavailable(&e) => {
+                self.fresh
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("db_replica_fallbacks_total").increment(1);
+                load(self.primary.clone()).await
+            }
+            other => other,
         }
     }
 

@@ -13,7 +13,8 @@
 //! L1 entries, and publishes on `<prefix>events:invalidate`; every instance listening there
 //! evicts the same L1 entries. A listener that lost its subscription drops its whole L1 on
 //! reconnect (it may have missed messages). The write repeats the L2 delete and the message
-//! shortly after, for a reader that loaded the old row just before the write committed.
+//! shortly after, for a reader that loaded the old row just before the write committed (or
+//! from a replica still behind: the repeat waits out the lag a replica is allowed).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -34,8 +35,6 @@ const INDEX_TTL: Duration = Duration::from_secs(60);
 /// briefly; a row lives until a write invalidates it.
 const ROW_L2_SECS: u64 = 60;
 pub const PAGES_L2_SECS: u64 = 2;
-/// The second, delayed invalidation of a write.
-const REPEAT_AFTER: Duration = Duration::from_millis(500);
 const CHANNEL: &str = "events:invalidate";
 
 #[derive(Clone)]
@@ -46,6 +45,8 @@ pub struct CatalogCache {
     pages: Cache<i64, Tagged>,
     top: Cache<i64, Tagged>,
     index: Cache<(), Arc<Vec<i64>>>,
+    /// When a write's invalidation is repeated (past the staleness a load may bring back).
+    repeat_after: Duration,
 }
 
 /// What an invalidation message names.
@@ -78,10 +79,11 @@ impl Changed {
 }
 
 impl CatalogCache {
-    pub fn new(redis: RedisStore, stock: StockGate) -> Self {
+    pub fn new(redis: RedisStore, stock: StockGate, repeat_after: Duration) -> Self {
         Self {
             redis,
             stock,
+            repeat_after,
             rows: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ROW_TTL)
@@ -225,7 +227,7 @@ impl CatalogCache {
         self.invalidate_once(changed).await;
         let again = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(REPEAT_AFTER).await;
+            tokio::time::sleep(again.repeat_after).await;
             again.invalidate_once(changed).await;
         });
     }

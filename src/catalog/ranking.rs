@@ -136,7 +136,7 @@ impl Ranking {
     /// Replaces every day set of the longest window with MySQL's `daily_sales`, atomically.
     async fn rebuild(&self) -> Result<(), AppError> {
         let days = Self::days_of(MAX_TOP_DAYS);
-        let sales = self.mysql_sales(&days).await?;
+        let sales = self.mysql_sales(&days, true).await?;
         let redis = self.redis.background();
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -166,16 +166,32 @@ impl Ranking {
         }
     }
 
-    async fn mysql_sales(&self, days: &[NaiveDate]) -> Result<DaySales, AppError> {
+    /// MySQL's sales of `days`: from the replica when `fresh_enough` (a rebuild, which the
+    /// reconciler checks again), from the primary otherwise (the reconciler itself).
+    async fn mysql_sales(
+        &self,
+        days: &[NaiveDate],
+        fresh_enough: bool,
+    ) -> Result<DaySales, AppError> {
         let Some(first) = days.first() else {
             return Ok(DaySales::new());
         };
-        let rows: Vec<(NaiveDate, i64, i64)> = sqlx::query_as(
-            "SELECT day, product_id, CAST(quantity AS SIGNED) FROM daily_sales WHERE day >= ?",
-        )
-        .bind(first)
-        .fetch_all(self.db.pool())
-        .await?;
+        let first = *first;
+        let primary = self.db.primary_pool().clone();
+        let rows: Vec<(NaiveDate, i64, i64)> = self
+            .db
+            .read(|pool| {
+                let pool = if fresh_enough { pool } else { primary.clone() };
+                async move {
+                sqlx::query_as(
+                    "SELECT day, product_id, CAST(quantity AS SIGNED) FROM daily_sales WHERE day >= ?",
+                )
+                .bind(first)
+                .fetch_all(&pool)
+                .await
+                }
+            })
+            .await?;
         let mut sales = DaySales::new();
         for (day, product_id, quantity) in rows {
             sales.entry(day).or_default().insert(product_id, quantity);
@@ -206,7 +222,7 @@ impl Ranking {
         &self,
         days: &[NaiveDate],
     ) -> Result<HashMap<NaiveDate, BTreeMap<i64, i64>>, AppError> {
-        let mysql = self.mysql_sales(days).await?;
+        let mysql = self.mysql_sales(days, false).await?;
         let redis = self.redis_sales(days).await?;
         Ok(days
             .iter()

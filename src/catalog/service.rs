@@ -55,17 +55,22 @@ async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
     let start = usize::try_from((page - 1).saturating_mul(PAGE_SIZE)).unwrap_or(usize::MAX);
     let ids = index.get(start..).unwrap_or_default();
     let ids = &ids[..ids.len().min(PAGE_SIZE as usize)];
-    let items = match (ids.first(), ids.last()) {
+    let items = match (ids.first().copied(), ids.last().copied()) {
         (Some(first), Some(last)) => {
-            sqlx::query_as(
-                "SELECT id, name, price, stock - reserved AS stock FROM products \
-                 WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
-            )
-            .bind(first)
-            .bind(last)
-            .bind(PAGE_SIZE)
-            .fetch_all(catalog.db.pool())
-            .await?
+            catalog
+                .db
+                .read(|pool| async move {
+                    sqlx::query_as(
+                        "SELECT id, name, price, stock - reserved AS stock FROM products \
+                         WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+                    )
+                    .bind(first)
+                    .bind(last)
+                    .bind(PAGE_SIZE)
+                    .fetch_all(&pool)
+                    .await
+                })
+                .await?
         }
         _ => Vec::new(),
     };
@@ -82,8 +87,12 @@ async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
 }
 
 async fn load_index(db: &Reader) -> Result<Vec<i64>, AppError> {
-    Ok(sqlx::query_scalar("SELECT id FROM products ORDER BY id")
-        .fetch_all(db.pool())
+    Ok(db
+        .read(|pool| async move {
+            sqlx::query_scalar("SELECT id FROM products ORDER BY id")
+                .fetch_all(&pool)
+                .await
+        })
         .await?)
 }
 
@@ -123,11 +132,14 @@ pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppErro
 
 /// A product as MySQL (or a fresh replica) has it now.
 pub async fn load_detail(db: &Reader, id: i64) -> Result<ProductDetail, AppError> {
-    sqlx::query_as(
-        "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_optional(db.pool())
+    db.read(|pool| async move {
+        sqlx::query_as(
+            "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+    })
     .await?
     .ok_or(AppError::ProductNotFound)
 }
@@ -181,13 +193,18 @@ async fn load_top(catalog: &Catalog, days: i64) -> Result<Bytes, AppError> {
 }
 
 async fn top_from_mysql(db: &Reader, days: i64) -> Result<Vec<(i64, i64)>, AppError> {
-    let totals: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT product_id, CAST(SUM(quantity) AS SIGNED) AS sold FROM daily_sales WHERE day >= ? \
-         GROUP BY product_id ORDER BY sold DESC, product_id ASC LIMIT ?",
-    )
-    .bind(window_start(Utc::now().date_naive(), days))
-    .bind(TOP_N)
-    .fetch_all(db.pool())
-    .await?;
+    let start = window_start(Utc::now().date_naive(), days);
+    let totals: Vec<(i64, i64)> = db
+        .read(|pool| async move {
+            sqlx::query_as(
+                "SELECT product_id, CAST(SUM(quantity) AS SIGNED) AS sold FROM daily_sales \
+                 WHERE day >= ? GROUP BY product_id ORDER BY sold DESC, product_id ASC LIMIT ?",
+            )
+            .bind(start)
+            .bind(TOP_N)
+            .fetch_all(&pool)
+            .await
+        })
+        .await?;
     Ok(rank(totals))
 }

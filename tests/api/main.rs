@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod idempotency;
 mod kafka;
+mod mysql_replica;
 mod openapi;
 mod ops;
 mod orders;

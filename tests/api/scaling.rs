@@ -10,8 +10,11 @@ use commerce_api::config::RedisTarget;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
+use reqwest::Method;
+
 use crate::{
     helpers::{spawn_sharing, spawn_with, TestApp},
+    mysql_replica::MariaPair,
     redis_cluster::RedisCluster,
     redis_paths::{five_hundred_for_fifty, flushed_redis_comes_back, two_instances_agree},
 };
@@ -144,4 +147,102 @@ async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
         assert!(start.elapsed() < Duration::from_secs(20), "ranking {top:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// An app whose catalog reads a replica allowed one second behind.
+async fn on_replica(pair: &MariaPair) -> TestApp {
+    spawn_with(|c| {
+        let name = c.database_url.rsplit('/').next().unwrap().to_string();
+        c.database_url = pair.primary_url(&name);
+        c.database_read_url = Some(pair.replica_url(&name));
+        c.replica_max_lag = Duration::from_secs(1);
+    })
+    .await
+}
+
+async fn until_replica(app: &TestApp, state: &str) {
+    let start = Instant::now();
+    loop {
+        let ready = app.get("/readyz", None).await;
+        assert_eq!(ready.status, 200, "{ready:?}");
+        if ready.body["replica"] == state {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replica never {state}: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_behind_is_read_only_within_the_bound_then_the_primary_answers() {
+    let pair = MariaPair::start();
+    let app = on_replica(&pair).await;
+    let product = app.create_product(100, 5).await;
+    until_replica(&app, "ok").await;
+    let path = format!("/v1/products/{product}");
+    // The replica stops applying; the price changes on the primary.
+    pair.pause_replication();
+    app.admin(
+        Method::PATCH,
+        &format!("/v1/admin/products/{product}"),
+        json!({"price": 150}),
+    )
+    .await
+    .assert_status(200);
+    let patched = Instant::now();
+    // Catalog loads read the replica while it is fresh: the old price shows (the reads
+    // really go there)...
+    assert_eq!(app.get(&path, None).await.body["price"], 100);
+    // ...never longer than the documented bound: REPLICA_MAX_LAG_SECS, plus a heartbeat to
+    // notice, plus the repeated invalidation. Then the primary answers, for good.
+    let bound = Duration::from_secs(1) + commerce_api::db::HEARTBEAT_EVERY * 4;
+    loop {
+        let price = app.get(&path, None).await.body["price"].clone();
+        if price == 150 {
+            break;
+        }
+        assert!(
+            patched.elapsed() < bound + Duration::from_secs(1),
+            "price {price} after {:?}",
+            patched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(app.get(&path, None).await.body["price"], 150);
+    }
+    until_replica(&app, "primary").await;
+    // Caught up again, the replica serves again.
+    pair.resume_replication();
+    until_replica(&app, "ok").await;
+    assert_eq!(app.get(&path, None).await.body["price"], 150);
+}
+
+#[tokio::test]
+async fn with_the_replica_killed_the_catalog_is_still_served() {
+    let mut pair = MariaPair::start();
+    let app = on_replica(&pair).await;
+    let product = app.create_product(100, 5).await;
+    until_replica(&app, "ok").await;
+    // Warm nothing: every read below is a load.
+    pair.kill_replica();
+    for i in 0..30 {
+        for path in [
+            format!("/v1/products?page={}", 1 + i % 3),
+            format!("/v1/products/{product}"),
+            format!("/v1/products/top?days={}", 1 + i % 7),
+        ] {
+            let r = app.get(&path, None).await;
+            assert_eq!(r.status, 200, "{path}: {r:?}");
+        }
+    }
+    until_replica(&app, "primary").await;
+    // Writes never depended on it.
+    let (user, token) = app.funded_user(1_000).await;
+    let order = app.order(user, &token, product, 1, 100).await;
+    let id = order.assert_status(201)["order_id"].as_i64().unwrap();
+    app.pay(&token, id).await.assert_status(201);
 }
