@@ -8,6 +8,7 @@ mod checkout;
 mod concurrency;
 mod contract;
 mod faults;
+mod haproxy;
 mod helpers;
 mod idempotency;
 mod kafka;

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use reqwest::Method;
 
 use crate::{
-    helpers::{spawn_sharing, spawn_with, TestApp},
+    haproxy::HaProxy,
+    helpers::{spawn_sharing, spawn_with, ServiceProcess, TestApp},
     mysql_replica::MariaPair,
     redis_cluster::RedisCluster,
     redis_paths::{five_hundred_for_fifty, flushed_redis_comes_back, two_instances_agree},
@@ -245,4 +246,135 @@ async fn with_the_replica_killed_the_catalog_is_still_served() {
     let order = app.order(user, &token, product, 1, 100).await;
     let id = order.assert_status(201)["order_id"].as_i64().unwrap();
     app.pay(&token, id).await.assert_status(201);
+}
+
+/// Places and pays one unit through `base` with the buyer's keys, retrying what did not
+/// end in an answer (a connection cut, a 5xx) with the same keys.
+async fn buy_through(
+    client: &reqwest::Client,
+    base: &str,
+    user: i64,
+    token: &str,
+    product: i64,
+) -> (u16, u16) {
+    async fn until_final(
+        client: &reqwest::Client,
+        url: String,
+        token: &str,
+        key: String,
+        body: Value,
+    ) -> (u16, Value) {
+        let start = Instant::now();
+        loop {
+            let sent = client
+                .post(&url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", &key)
+                .json(&body)
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                let status = r.status().as_u16();
+                if status < 500 {
+                    return (status, r.json().await.unwrap_or(Value::Null));
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{url} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (placed, order) = until_final(
+        client,
+        format!("{base}/v1/orders"),
+        token,
+        format!("order-{user}"),
+        json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100}),
+    )
+    .await;
+    if placed != 201 {
+        assert_eq!(order["code"], "OUT_OF_STOCK", "{order}");
+        return (placed, 0);
+    }
+    let (paid, _) = until_final(
+        client,
+        format!("{base}/v1/payments"),
+        token,
+        format!("pay-{user}"),
+        json!({"order_id": order["order_id"]}),
+    )
+    .await;
+    (placed, paid)
+}
+
+#[tokio::test]
+async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_answer() {
+    let app = spawn_with(|c| c.db_max_connections = 10).await;
+    let product = app.create_product(100, 150).await;
+    let buyers = app.bulk_buyers(300, 1_000).await;
+    // The instances drop a dead peer's reservations a second after their deadline.
+    let env = [
+        ("DB_MAX_CONNECTIONS", "20"),
+        ("RESERVATION_HOLD_MS", "1000"),
+        ("RECONCILE_INTERVAL_MS", "500"),
+    ];
+    let mut first = ServiceProcess::start(&app, &env).await;
+    let second = ServiceProcess::start(&app, &env).await;
+    let proxy = HaProxy::start(&[&first.base, &second.base]).await;
+    let client = reqwest::Client::new();
+    let answered = AtomicUsize::new(0);
+    let sale = join_all(buyers.iter().map(|(user, token)| {
+        let (client, url, answered) = (&client, &proxy.url, &answered);
+        async move {
+            let r = buy_through(client, url, *user, token, product).await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            r
+        }
+    }));
+    let killer = async {
+        while answered.load(Ordering::SeqCst) < 60 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        first.kill();
+    };
+    let (outcomes, ()) = tokio::join!(sale, killer);
+    // Every buyer has a final answer: paid, or sold out (a sold-out answer may come from
+    // the dead instance's reservations, which hold their units until their deadline).
+    assert!(
+        outcomes.iter().all(|o| o.0 == 409 || o.1 == 201),
+        "{outcomes:?}"
+    );
+    let won = outcomes.iter().filter(|o| o.0 == 201).count() as i64;
+    assert!(won > 0 && won <= 150);
+    // No oversell, every winner paid once, every key one order at most.
+    let (available, _, reserved, sold) = app.product_row(product).await;
+    assert_eq!((available, reserved, sold), (150 - won, 0, won));
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM orders WHERE product_id = {product}"
+        ))
+        .await,
+        won
+    );
+    // Once those reservations lapse, Redis agrees with MySQL and the rest sells: exactly 150.
+    app.eventually_redis_matches_mysql(product, Duration::from_secs(10))
+        .await;
+    let late = app.bulk_buyers((150 - won) as usize, 1_000).await;
+    let rest = join_all(
+        late.iter()
+            .map(|(user, token)| buy_through(&client, &proxy.url, *user, token, product)),
+    )
+    .await;
+    assert!(rest.iter().all(|o| *o == (201, 201)), "{rest:?}");
+    assert_eq!(app.product_row(product).await, (0, 0, 0, 150));
+    let broken = app
+        .count(
+            "SELECT COUNT(*) FROM users u WHERE u.balance <> (SELECT COALESCE(SUM(CASE kind WHEN 'USE' \
+             THEN -amount ELSE amount END), 0) FROM point_history h WHERE h.user_id = u.id)",
+        )
+        .await;
+    assert_eq!(broken, 0);
+    drop(second);
 }
