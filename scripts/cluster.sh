@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# A local multi-node deployment on loopback, from Debian's packages:
+#   scripts/cluster.sh up     a 3-master Redis Cluster with a replica each (ports 7001-7006),
+#                             a MariaDB primary (3316) with a GTID replica (3317), each with
+#                             its own data directory, INSTANCES API instances (8091, 8092, …)
+#                             and HAProxy in front of them on 8090, health-checking /readyz
+#   scripts/cluster.sh down   stops all of it and removes what `up` made
+# Everything lives under CLUSTER_DIR (target/cluster). Ports and sizes can be changed with
+# the variables below. The instances run with the rate limits off (a load test from one
+# machine is one client IP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR="${CLUSTER_DIR:-$PWD/target/cluster}"
+REDIS_PORTS=(${REDIS_PORTS:-7001 7002 7003 7004 7005 7006})
+PRIMARY_PORT="${PRIMARY_PORT:-3316}"
+REPLICA_PORT="${REPLICA_PORT:-3317}"
+INSTANCES="${INSTANCES:-2}"
+FIRST_API_PORT="${FIRST_API_PORT:-8091}"
+HAPROXY_PORT="${HAPROXY_PORT:-8090}"
+DATABASE="${CLUSTER_DATABASE:-commerce}"
+
+log() { printf '\033[1m[cluster]\033[0m %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  log "$what did not come up (see $DIR)"; exit 1
+}
+sql() { mariadb -h127.0.0.1 -uroot -P"$1" -N -B -e "$2"; }
+
+down() {
+  if [ -d "$DIR/pids" ]; then
+    for pid in "$DIR"/pids/*; do
+      [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+    done
+    sleep 1
+    for pid in "$DIR"/pids/*; do
+      [ -f "$pid" ] && kill -9 "$(cat "$pid")" 2>/dev/null || true
+    done
+  fi
+  rm -rf "$DIR"
+  log "stopped and removed $DIR"
+}
+
+start() { # name, command...: runs it in the background, its pid and log under $DIR
+  local name=$1; shift
+  nohup "$@" >"$DIR/logs/$name.log" 2>&1 &
+  echo $! >"$DIR/pids/$name"
+}
+
+up() {
+  if [ -d "$DIR/pids" ]; then
+    log "already up ($DIR); run 'scripts/cluster.sh down' first"; exit 1
+  fi
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  for p in "${REDIS_PORTS[@]}" "$PRIMARY_PORT" "$REPLICA_PORT" "$HAPROXY_PORT"; do
+    if port_open "$p"; then log "port $p is taken"; exit 1; fi
+  done
+  cargo build --release --locked
+  mkdir -p "$DIR"/{pids,logs,redis,mysql}
+
+  log "Redis Cluster: ${REDIS_PORTS[*]} (3 masters, a replica each)"
+  for p in "${REDIS_PORTS[@]}"; do
+    mkdir -p "$DIR/redis/$p"
+    start "redis-$p" redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
+      --cluster-node-timeout 2000 --cluster-config-file nodes.conf --save "" --appendonly no \
+      --dir "$DIR/redis/$p"
+  done
+  for p in "${REDIS_PORTS[@]}"; do wait_for "redis $p" 10 redis-cli -p "$p" ping; done
+  local nodes=()
+  for p in "${REDIS_PORTS[@]}"; do nodes+=("127.0.0.1:$p"); done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/logs/redis-create.log"
+  wait_for "the Redis Cluster" 30 sh -c "redis-cli -p ${REDIS_PORTS[0]} cluster info | grep -q cluster_state:ok"
+
+  log "MariaDB primary on $PRIMARY_PORT, replica on $REPLICA_PORT (GTID)"
+  mariadb-install-db --no-defaults --datadir="$DIR/mysql/primary" --user="$(id -un)" \
+    --auth-root-authentication-method=normal --skip-test-db >"$DIR/logs/mariadb-install.log" 2>&1
+  cp -a "$DIR/mysql/primary" "$DIR/mysql/replica"
+  local id=1
+  for role in primary replica; do
+    local port=$PRIMARY_PORT; [ "$role" = replica ] && port=$REPLICA_PORT
+    start "mariadb-$role" mariadbd --no-defaults --datadir="$DIR/mysql/$role" --port="$port" \
+      --socket="$DIR/mysql/$role/sock" --pid-file="$DIR/mysql/$role/pid" --bind-address=127.0.0.1 \
+      --user="$(id -un)" --server-id=$id --log-bin=binlog --binlog-format=ROW --skip-name-resolve \
+      --max-connections=1000 --log-error="$DIR/logs/mariadb-$role.err"
+    id=$((id + 1))
+    wait_for "mariadb $role" 30 sql "$port" "SELECT 1"
+  done
+  sql "$PRIMARY_PORT" "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
+    CREATE USER 'commerce'@'%' IDENTIFIED BY 'commerce'; GRANT ALL PRIVILEGES ON \`commerce%\`.* TO 'commerce'@'%';"
+  sql "$REPLICA_PORT" "SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$PRIMARY_PORT,
+    MASTER_USER='repl', MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos; START SLAVE;"
+
+  local admin secret seeds
+  admin="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  seeds="$(IFS=,; echo "${nodes[*]}")"
+  cat >"$DIR/env" <<ENV
+export DATABASE_URL=mysql://commerce:commerce@127.0.0.1:$PRIMARY_PORT/$DATABASE
+export DATABASE_READ_URL=mysql://commerce:commerce@127.0.0.1:$REPLICA_PORT/$DATABASE
+export REDIS_CLUSTER_NODES=$seeds
+export ADMIN_TOKEN=$admin
+export AUTH_JWT_SECRET=$secret
+export RATE_LIMIT_PER_SEC=0
+export USER_RATE_LIMIT_PER_SEC=0
+ENV
+  local servers=""
+  for i in $(seq 1 "$INSTANCES"); do
+    local port=$((FIRST_API_PORT + i - 1)) seed=()
+    [ "$i" = 1 ] && seed=(--seed-demo)
+    log "API instance $i on $port"
+    # shellcheck disable=SC1091
+    start "api-$i" env BIND_ADDR="127.0.0.1:$port" LOG_FORMAT=json bash -c ". '$DIR/env'; exec ./target/release/commerce-api serve ${seed[*]:-}"
+    wait_for "API instance $i" 120 curl -fs "http://127.0.0.1:$port/readyz"
+    servers+="    server api$i 127.0.0.1:$port check"$'\n'
+  done
+  log "HAProxy on $HAPROXY_PORT"
+  awk -v listen="127.0.0.1:$HAPROXY_PORT" -v servers="$servers" \
+    '{ gsub("@LISTEN@", listen); if ($0 == "@SERVERS@") printf "%s", servers; else print }' \
+    deploy/haproxy.cfg.template >"$DIR/haproxy.cfg"
+  start haproxy haproxy -db -f "$DIR/haproxy.cfg"
+  wait_for "HAProxy" 20 curl -fs "http://127.0.0.1:$HAPROXY_PORT/readyz"
+
+  cat <<MSG
+
+  commerce-api is up behind HAProxy: http://127.0.0.1:$HAPROXY_PORT
+    $INSTANCES instances (:$FIRST_API_PORT…), Redis Cluster ${REDIS_PORTS[*]}, MariaDB primary :$PRIMARY_PORT + replica :$REPLICA_PORT
+    ADMIN_TOKEN=$admin      (all settings: $DIR/env)
+
+  curl -s http://127.0.0.1:$HAPROXY_PORT/readyz
+  k6 run -e BASE_URL=http://127.0.0.1:$HAPROXY_PORT -e ADMIN_TOKEN=$admin k6/flash_sale.js
+
+  Stop and remove everything: scripts/cluster.sh down
+
+MSG
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: scripts/cluster.sh up|down" >&2; exit 2 ;;
+esac
