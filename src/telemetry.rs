@@ -54,6 +54,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    // Without a replica: no lag (-1) and no reads on one; the monitor sets them otherwise.
+    metrics::gauge!("db_replica_lag_seconds").set(-1.0);
+    metrics::gauge!("db_replica_in_use").set(0.0);
+    metrics::counter!("db_replica_fallbacks_total").absolute(0);
     for limit in ["ip", "user_write"] {
         metrics::counter!("rate_limited_total", "limit" => limit).absolute(0);
     }

@@ -177,7 +177,10 @@ async fn every_dashboard_query_names_a_metric_the_service_exports() {
 
     let mut checked = 0;
     for expr in &exprs {
-        assert!(expr.contains(r#"job="commerce-api""#), "{expr}");
+        assert!(
+            expr.contains(r#"job=~"$job", instance=~"$instance""#),
+            "{expr}"
+        );
         for name in metric_names(expr) {
             let exported = metrics
                 .lines()
