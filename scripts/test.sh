@@ -40,6 +40,8 @@ drop_test_databases
 drop_test_keys
 
 cargo fmt --all -- --check
+# Imports flow one way: no two modules of src/ import each other (STYLE.md).
+python3 scripts/check-imports.py
 cargo clippy --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --profile ci

@@ -94,7 +94,12 @@ impl AppState {
         db: MySqlPool,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
-        let redis = RedisStore::new(&config.redis, &config.redis_prefix, config.redis_timeout)?;
+        let redis = RedisStore::new(
+            &config.redis,
+            &config.redis_prefix,
+            config.redis_timeout,
+            config.redis_request_pool,
+        )?;
         let reader = match &config.database_read_url {
             Some(url) => {
                 Reader::with_replica(db.clone(), db::pool(url, config.db_max_connections).await?)
@@ -134,6 +139,7 @@ impl AppState {
             redis: redis.clone(),
             metrics,
             auth_disabled: config.auth.disabled,
+            openapi: crate::openapi::document_json(),
         };
         Ok(Self(Arc::new(Parts {
             rate_limits: Arc::new(RateLimits::new(&config.rate_limits, auth.tokens.clone())),

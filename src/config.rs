@@ -94,6 +94,10 @@ pub struct Config {
     pub redis_prefix: String,
     /// Bound on every Redis call; past it the call counts as an outage.
     pub redis_timeout: Duration,
+    /// `REDIS_REQUEST_POOL`: 0 (default) keeps request calls on one multiplexed
+    /// connection; N > 0 gives them a deadpool pool of N connections instead (a
+    /// benchmark switch: `bench/` measures the refusal path both ways).
+    pub redis_request_pool: usize,
     /// `STOCK_GATE=redis` (default): orders are reserved in Redis first; `mysql`: MySQL
     /// row locks alone decide, and Redis serves only the caches.
     pub stock_gate: bool,
@@ -264,6 +268,7 @@ impl Config {
             sweep_interval: millis("SWEEP_INTERVAL_MS", 250, 10, 3_600_000)?,
             redis_prefix,
             redis_timeout,
+            redis_request_pool: count("REDIS_REQUEST_POOL", 0, 0, 1024)? as usize,
             stock_gate,
             reservation_hold: millis("RESERVATION_HOLD_MS", 10_000, 100, 600_000)?,
             sold_out_memory: millis("SOLD_OUT_MEMORY_MS", 1_000, 0, 60_000)?,

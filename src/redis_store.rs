@@ -136,6 +136,8 @@ enum Pool {
 struct Inner {
     backend: Backend,
     request: OnceCell<Conn>,
+    /// `Some` when request calls take pooled connections instead of `request`.
+    request_pool: Option<Pool>,
     pool: Pool,
     prefix: String,
     timeout: Duration,
@@ -203,7 +205,14 @@ impl Pooled {
 }
 
 impl RedisStore {
-    pub fn new(target: &RedisTarget, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// `request_pool`: 0 puts request calls on one multiplexed connection (redis-rs's
+    /// advice, and the default); N > 0 on a deadpool pool of N connections.
+    pub fn new(
+        target: &RedisTarget,
+        prefix: &str,
+        timeout: Duration,
+        request_pool: usize,
+    ) -> anyhow::Result<Self> {
         let events = Events::default();
         let policy =
             failure_policy::consecutive_failures(FAILURES_TO_OPEN, backoff::constant(OPEN_FOR));
@@ -212,44 +221,25 @@ impl RedisStore {
             .instrument(events.clone())
             .build();
         let background = timeout.max(BACKGROUND_TIMEOUT);
-        let pool_config = deadpool_redis::PoolConfig {
-            max_size: BACKGROUND_POOL,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(background),
-                create: Some(background),
-                recycle: Some(background),
-            },
-            ..Default::default()
+        let pool = make_pool(target, BACKGROUND_POOL, background)?;
+        let request_pool = match request_pool {
+            0 => None,
+            size => Some(make_pool(target, size, timeout)?),
         };
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
-        let (backend, pool) = match target {
-            RedisTarget::Single(url) => {
-                let mut config = deadpool_redis::Config::from_url(url.clone());
-                config.pool = Some(pool_config);
-                (
-                    Backend::Single {
-                        client: redis::Client::open(url.as_str())?,
-                    },
-                    Pool::Single(config.create_pool(runtime)?),
-                )
-            }
-            RedisTarget::Cluster(nodes) => {
-                let mut config = deadpool_redis::cluster::Config::from_urls(nodes.clone());
-                config.pool = Some(pool_config);
-                let client = cluster_builder(nodes, timeout).build()?;
-                (
-                    Backend::Cluster {
-                        client: Box::new(client),
-                        nodes: nodes.clone(),
-                    },
-                    Pool::Cluster(config.create_pool(runtime)?),
-                )
-            }
+        let backend = match target {
+            RedisTarget::Single(url) => Backend::Single {
+                client: redis::Client::open(url.as_str())?,
+            },
+            RedisTarget::Cluster(nodes) => Backend::Cluster {
+                client: Box::new(cluster_builder(nodes, timeout).build()?),
+                nodes: nodes.clone(),
+            },
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
                 request: OnceCell::new(),
+                request_pool,
                 pool,
                 prefix: prefix.to_string(),
                 timeout,
@@ -500,10 +490,16 @@ impl RedisStore {
         };
         let work = async {
             match self.lane {
-                Lane::Request => op(self.request_conn().await?).await,
-                Lane::Background => {
+                Lane::Request if inner.request_pool.is_none() => {
+                    op(self.request_conn().await?).await
+                }
+                lane => {
+                    let pool = match lane {
+                        Lane::Request => inner.request_pool.as_ref().unwrap_or(&inner.pool),
+                        Lane::Background => &inner.pool,
+                    };
                     // Held until `op` is done, then back in the pool.
-                    let pooled = self.pooled().await?;
+                    let pooled = pooled(pool).await?;
                     op(pooled.conn()).await
                 }
             }
@@ -523,14 +519,40 @@ impl RedisStore {
             Err(failsafe::Error::Inner(e)) => Err(classify(e)),
         }
     }
+}
 
-    async fn pooled(&self) -> redis::RedisResult<Pooled> {
-        let io = |e: String| redis::RedisError::from(std::io::Error::other(e));
-        Ok(match &self.inner.pool {
-            Pool::Single(p) => Pooled::Single(p.get().await.map_err(|e| io(e.to_string()))?),
-            Pool::Cluster(p) => Pooled::Cluster(p.get().await.map_err(|e| io(e.to_string()))?),
-        })
-    }
+async fn pooled(pool: &Pool) -> redis::RedisResult<Pooled> {
+    let io = |e: String| redis::RedisError::from(std::io::Error::other(e));
+    Ok(match pool {
+        Pool::Single(p) => Pooled::Single(p.get().await.map_err(|e| io(e.to_string()))?),
+        Pool::Cluster(p) => Pooled::Cluster(p.get().await.map_err(|e| io(e.to_string()))?),
+    })
+}
+
+/// A deadpool pool of `size` connections whose waits are bounded by `bound`.
+fn make_pool(target: &RedisTarget, size: usize, bound: Duration) -> anyhow::Result<Pool> {
+    let pool_config = deadpool_redis::PoolConfig {
+        max_size: size,
+        timeouts: deadpool_redis::Timeouts {
+            wait: Some(bound),
+            create: Some(bound),
+            recycle: Some(bound),
+        },
+        ..Default::default()
+    };
+    let runtime = Some(deadpool_redis::Runtime::Tokio1);
+    Ok(match target {
+        RedisTarget::Single(url) => {
+            let mut config = deadpool_redis::Config::from_url(url.clone());
+            config.pool = Some(pool_config);
+            Pool::Single(config.create_pool(runtime)?)
+        }
+        RedisTarget::Cluster(nodes) => {
+            let mut config = deadpool_redis::cluster::Config::from_urls(nodes.clone());
+            config.pool = Some(pool_config);
+            Pool::Cluster(config.create_pool(runtime)?)
+        }
+    })
 }
 
 fn cluster_builder(nodes: &[String], timeout: Duration) -> ClusterClientBuilder {

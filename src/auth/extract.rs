@@ -8,8 +8,26 @@ use axum::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Auth;
-use crate::error::AppError;
+use std::sync::Arc;
+
+use super::tokens::TokenService;
+use crate::{config::Config, error::AppError};
+
+/// What the extractors need: the user token service and the admin token.
+#[derive(Clone)]
+pub struct Auth {
+    pub tokens: Arc<TokenService>,
+    pub admin_token: Option<Arc<str>>,
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            tokens: Arc::new(TokenService::new(&config.auth)),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
+        }
+    }
+}
 
 /// The user a request acts for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

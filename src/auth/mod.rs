@@ -7,25 +7,5 @@
 mod extract;
 mod tokens;
 
-use std::sync::Arc;
-
-pub use extract::{bearer, Admin, Caller};
+pub use extract::{bearer, Admin, Auth, Caller};
 pub use tokens::{MintedToken, TokenService};
-
-use crate::config::Config;
-
-/// What the extractors need: the user token service and the admin token.
-#[derive(Clone)]
-pub struct Auth {
-    pub tokens: Arc<TokenService>,
-    pub admin_token: Option<Arc<str>>,
-}
-
-impl Auth {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            tokens: Arc::new(TokenService::new(&config.auth)),
-            admin_token: config.admin_token.as_deref().map(Arc::from),
-        }
-    }
-}

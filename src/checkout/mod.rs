@@ -15,6 +15,7 @@
 
 mod batch;
 pub mod domain;
+mod job;
 mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -23,62 +24,21 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 
 use batch::{Batcher, Pending};
+pub use job::NewOrder;
+use job::{Answer, Done, Job};
 
 use crate::{
     auth::Caller,
     catalog::ranking::Ranking,
     error::AppError,
-    idempotency::{self, Claim, IdempotencyKey, Outcome, Stored},
-    orders::domain::{Order, OrderView, Quantity},
+    idempotency::{self, Claim, IdempotencyKey, Outcome},
+    orders::domain::OrderView,
     payments::domain::PaymentView,
     stock::{Finish, Gate, Hold, StockGate},
 };
 
 /// How many placed orders an instance remembers for routing their payments.
 const PLACED_REMEMBERED: u64 = 200_000;
-
-/// What a buyer asks for: how many units of which product, at the unit price they saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewOrder {
-    pub user_id: i64,
-    pub product_id: i64,
-    pub quantity: Quantity,
-    pub price: i64,
-}
-
-/// One request waiting for its product's next batch.
-#[derive(Debug)]
-enum Job {
-    Place {
-        order: NewOrder,
-        /// The stock gate's reservation (or a fresh token when the gate was bypassed).
-        hold: Hold,
-        claim: Option<Claim>,
-    },
-    Pay {
-        caller: Caller,
-        order_id: i64,
-        claim: Option<Claim>,
-    },
-}
-
-impl Job {
-    fn claim(&self) -> Option<&Claim> {
-        match self {
-            Job::Place { claim, .. } | Job::Pay { claim, .. } => claim.as_ref(),
-        }
-    }
-}
-
-/// A job's answer.
-#[derive(Debug)]
-enum Done {
-    Placed(Order),
-    Paid(PaymentView),
-    Replayed(Stored),
-}
-
-type Answer = Result<Done, AppError>;
 
 /// The checkout of an instance: its per-product batches.
 #[derive(Clone)]

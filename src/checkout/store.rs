@@ -15,7 +15,7 @@ use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 use super::{
     batch::Pending,
     domain::{decide, Decision, Locked, Paid, Placed, ProductRow, Request},
-    Answer, Done, Job,
+    job::{Answer, Done, Job},
 };
 use crate::{
     db::{self, Retry},

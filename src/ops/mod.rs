@@ -30,6 +30,9 @@ pub struct Ops {
     pub metrics: Option<PrometheusHandle>,
     /// `AUTH_DISABLED=true`: readiness carries a warning.
     pub auth_disabled: bool,
+    /// The OpenAPI document served at `/openapi.json`, rendered once by the composition
+    /// root (which knows every feature's operations).
+    pub openapi: &'static str,
 }
 
 /// OpenAPI description of these routes.
@@ -57,12 +60,8 @@ where
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "this document", content_type = "application/json")))]
-async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document_json(),
-    )
-        .into_response()
+async fn openapi_json(State(ops): State<Ops>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], ops.openapi).into_response()
 }
 
 /// A human page over `/openapi.json`, self-contained (no CDN, nothing fetched at build).

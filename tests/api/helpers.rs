@@ -92,6 +92,7 @@ pub fn test_config() -> Config {
         sweep_interval: Duration::from_millis(100),
         redis_prefix: format!("{name}:"),
         redis_timeout: Duration::from_millis(250),
+        redis_request_pool: 0,
         stock_gate: true,
         reservation_hold: Duration::from_secs(10),
         sold_out_memory: Duration::from_secs(1),

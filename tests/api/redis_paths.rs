@@ -134,6 +134,17 @@ async fn five_hundred_buyers_for_fifty_units_through_redis_never_oversell() {
     five_hundred_for_fifty(&app).await;
 }
 
+#[tokio::test]
+async fn with_request_calls_on_a_deadpool_pool_five_hundred_buyers_still_get_fifty_units() {
+    // REDIS_REQUEST_POOL: the bench's other way of running the request path.
+    let app = spawn_with(|c| {
+        c.db_max_connections = 30;
+        c.redis_request_pool = 8;
+    })
+    .await;
+    five_hundred_for_fifty(&app).await;
+}
+
 /// 500 buyers for 50 units: exactly 50 served, 450 refused by Redis alone.
 pub async fn five_hundred_for_fifty(app: &TestApp) {
     let product = app.create_product(100, 50).await;

@@ -63,7 +63,6 @@ async fn on_a_cluster_flushall_on_every_master_comes_back_right() {
 /// answer is final; returns the final statuses of the order and the payment.
 async fn buy_until_final(app: &TestApp, user: i64, token: &str, product: i64) -> (u16, u16) {
     let post = |path: &'static str, body: Value, key: String| {
-        let app = app;
         async move {
             loop {
                 let r = app
