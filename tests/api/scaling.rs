@@ -62,18 +62,16 @@ async fn on_a_cluster_flushall_on_every_master_comes_back_right() {
 /// Buys one unit with the buyer's own keys, retrying a 5xx (with the same keys) until the
 /// answer is final; returns the final statuses of the order and the payment.
 async fn buy_until_final(app: &TestApp, user: i64, token: &str, product: i64) -> (u16, u16) {
-    let post = |path: &'static str, body: Value, key: String| {
-        async move {
-            loop {
-                let r = app
-                    .post_with_key(path, Some(token), body.clone(), Some(&key))
-                    .await;
-                if r.status.is_server_error() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                return r;
+    let post = |path: &'static str, body: Value, key: String| async move {
+        loop {
+            let r = app
+                .post_with_key(path, Some(token), body.clone(), Some(&key))
+                .await;
+            if r.status.is_server_error() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+            return r;
         }
     };
     let placed = post(
