@@ -670,7 +670,7 @@ def measure(server):
     finally:
         mysql_only.stop()
     rows.append(row("refusals, MySQL only (STOCK_GATE=mysql)", refused_mysql))
-    rows.append(row("refusals, Redis gate (same product, same load)", refused_redis, "the MySQL-only refusals", refused_mysql, 5))
+    rows.append(row("refusals, Redis gate (same product, same load)", refused_redis, "the MySQL-only refusals", refused_mysql))
     rows.append(row(f"k6 flash sale sold out, MySQL only ({BUYERS:,} buyers → {UNITS} units)", flash_mysql))
 
     products.append(("mysql", flash_mysql["product"], UNITS))
