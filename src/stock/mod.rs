@@ -164,8 +164,17 @@ impl StockGate {
                 }
                 Ok(ReserveReply::Missing) if attempt == 0 => {
                     if self.rebuild(product_id).await.is_err() {
+                        // MySQL decides this one; the repairs build the key once Redis
+                        // and MySQL answer, so a sale that ends on the MySQL path does
+                        // not leave the product without a counter.
+                        self.mark_dirty(product_id);
                         break;
                     }
+                }
+                // Rebuilt, then lost again (Redis flushed meanwhile): the same.
+                Ok(ReserveReply::Missing) => {
+                    self.mark_dirty(product_id);
+                    break;
                 }
                 _ => break,
             }
