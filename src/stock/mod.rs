@@ -445,18 +445,28 @@ impl StockGate {
     }
 
     /// Repairs every product hash present in Redis (start-up, every interval, and when
-    /// Redis comes back), on every master of a cluster. Missing keys need nothing: they are
-    /// built on first use.
+    /// Redis comes back), on every master of a cluster, and builds the hash of every
+    /// product with PENDING orders: their holds must be in Redis for a cancel or an expiry
+    /// to give the units back there, and such a product may have lost its key while every
+    /// order went to MySQL alone (Redis timing out, the process killed before its repairs).
+    /// Other missing keys need nothing: they are built on first use.
     pub async fn reconcile(&self) -> Result<usize, AppError> {
         if !self.enabled {
             return Ok(0);
         }
         let redis = self.redis.background();
         let keys = redis.scan("{p*}").await?;
-        let ids: Vec<i64> = keys
+        let mut ids: Vec<i64> = keys
             .iter()
             .filter_map(|k| product_of_key(redis.prefix(), k))
             .collect();
+        let holding: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT product_id FROM orders WHERE status = 'PENDING'")
+                .fetch_all(&self.db)
+                .await?;
+        ids.extend(holding);
+        ids.sort_unstable();
+        ids.dedup();
         let mut repaired = 0;
         for batch in ids.chunks(SYNC_BATCH) {
             repaired += self.sync(batch).await?;

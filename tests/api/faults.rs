@@ -135,11 +135,11 @@ async fn a_release_lost_to_a_redis_failure_is_repaired_within_a_second() {
         .as_i64()
         .unwrap();
     assert_eq!(app.redis_stock(product).await.0, Some(0));
-    proxy.set(Mode::Refuse); // the cancel's release fails (one failure: the circuit stays closed)
+    proxy.set(Mode::Refuse).await; // the cancel's release fails (one failure: the circuit stays closed)
     app.post(&format!("/v1/orders/{id}/cancel"), Some(&token), json!({}))
         .await
         .assert_status(200);
-    proxy.set(Mode::Forward);
+    proxy.set(Mode::Forward).await;
     let start = Instant::now();
     while app.redis_stock(product).await.0 != Some(1) {
         assert!(
@@ -213,8 +213,8 @@ async fn the_reconciler_holds_its_locks_for_one_round_trip_not_one_per_product()
         app.order(user, &token, p, 1, 1).await.assert_status(201);
         products.push(p);
     }
-    proxy.set(Mode::Slow); // every reply from Redis now waits 50 ms
-                           // Calls cut by the switch may have opened the circuit: wait until Redis answers again.
+    proxy.set(Mode::Slow).await; // every reply from Redis now waits 50 ms
+                                 // Calls cut by the switch may have opened the circuit: wait until Redis answers again.
     let waiting = Instant::now();
     while app
         .state
@@ -238,7 +238,7 @@ async fn the_reconciler_holds_its_locks_for_one_round_trip_not_one_per_product()
         took < Duration::from_millis(100 * crate::proxy::SLOW_MS / 2),
         "reconciling 100 products took {took:?}: a round trip per product under the locks"
     );
-    proxy.set(Mode::Forward);
+    proxy.set(Mode::Forward).await;
     for p in products.iter().take(5) {
         app.assert_redis_matches_mysql(*p).await;
     }

@@ -419,6 +419,9 @@ impl TestApp {
     /// `n` users with `balance` points each (written straight to MySQL, with the CHARGE
     /// history rows that prove the balance) and their tokens.
     pub async fn bulk_buyers(&self, n: usize, balance: i64) -> Vec<(i64, String)> {
+        if n == 0 {
+            return Vec::new();
+        }
         let tag = format!("bulk-{}", unique_name());
         let now = chrono::Utc::now().naive_utc();
         let mut users = sqlx::QueryBuilder::new("INSERT INTO users (name, balance, created_at) ");

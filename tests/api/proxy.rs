@@ -1,9 +1,12 @@
 //! A TCP proxy in front of the shared Redis, so one test can lose "its" Redis without
 //! stopping the server every other test uses.
 
-use std::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use tokio::{
@@ -32,6 +35,30 @@ pub struct Proxy {
     mode: Arc<AtomicU8>,
     /// Bumped on every mode change: connections of an older generation close.
     generation: Arc<AtomicU64>,
+    /// Connections open now, by the generation they were born in.
+    open: Open,
+}
+
+type Open = Arc<Mutex<HashMap<u64, usize>>>;
+
+/// Counts a connection as open in its generation while it lives.
+struct Counted(Open, u64);
+
+impl Counted {
+    fn new(open: &Open, born: u64) -> Counted {
+        *open.lock().unwrap().entry(born).or_default() += 1;
+        Counted(open.clone(), born)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.0.lock() {
+            if let Some(n) = open.get_mut(&self.1) {
+                *n -= 1;
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -40,13 +67,16 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let mode = Arc::new(AtomicU8::new(Mode::Forward as u8));
         let generation = Arc::new(AtomicU64::new(0));
+        let open = Open::default();
         let upstream = upstream.to_string();
-        let (m, g) = (mode.clone(), generation.clone());
+        let (m, g, o) = (mode.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (m, g, upstream) = (m.clone(), g.clone(), upstream.clone());
+                let born = g.load(Ordering::SeqCst);
+                let counted = Counted::new(&o, born);
                 tokio::spawn(async move {
-                    let born = g.load(Ordering::SeqCst);
+                    let _counted = counted;
                     match m.load(Ordering::SeqCst) {
                         0 => {
                             if let Ok(server) = TcpStream::connect(&upstream).await {
@@ -68,14 +98,29 @@ impl Proxy {
             url: format!("redis://{addr}"),
             mode,
             generation,
+            open,
         }
     }
 
     /// Switches mode and drops every open connection (requests in flight are lost, as
-    /// when a server dies).
-    pub fn set(&self, mode: Mode) {
+    /// when a server dies); returns once they are closed, so that no call made after it
+    /// still goes through an old connection in the old mode.
+    pub async fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Each old connection notices within 20 ms.
+        let old_open = || {
+            let open = self.open.lock().unwrap();
+            open.iter().any(|(born, n)| *born < now && *n > 0)
+        };
+        let start = std::time::Instant::now();
+        while old_open() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "old connections still open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
