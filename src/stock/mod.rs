@@ -23,7 +23,7 @@
 pub mod domain;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -47,6 +47,9 @@ const REPAIR_EVERY: Duration = Duration::from_millis(200);
 /// The channel on which "units of product N can be ordered again" is announced.
 const UNITS_BACK: &str = "events:stock";
 
+/// Product → the holds that ended in MySQL while Redis was not told.
+type Dirty = HashMap<i64, Vec<String>>;
+
 struct Scripts {
     reserve: redis::Script,
     settle: redis::Script,
@@ -66,8 +69,9 @@ pub struct StockGate {
     /// Products the gate said were sold out, answered from memory until units come back
     /// (announced on [`UNITS_BACK`]) or the entry's lifetime ends.
     sold_out: Option<moka::future::Cache<i64, ()>>,
-    /// Products whose Redis bookkeeping failed, to re-sync from MySQL.
-    dirty: Arc<Mutex<HashSet<i64>>>,
+    /// Products whose Redis bookkeeping failed, to re-sync from MySQL, with the holds whose
+    /// end (paid, cancelled, expired, refused) Redis may not have heard of.
+    dirty: Arc<Mutex<Dirty>>,
 }
 
 impl StockGate {
@@ -226,7 +230,7 @@ impl StockGate {
             }
             Err(e) => {
                 tracing::debug!(product_id, error = %e, "finishing reservations failed; re-syncing the product");
-                self.mark_dirty(product_id);
+                self.mark_ended(product_id, holds);
             }
         }
     }
@@ -324,8 +328,18 @@ impl StockGate {
     }
 
     fn mark_dirty(&self, product_id: i64) {
+        self.mark_ended(product_id, &[]);
+    }
+
+    /// Marks the product for a re-sync that also drops `holds`' reservations: their orders
+    /// have ended in MySQL, and a reservation Redis still has for one of them (its settle
+    /// failed as well) would otherwise count as in flight until its deadline.
+    fn mark_ended(&self, product_id: i64, holds: &[Hold]) {
         if let Ok(mut dirty) = self.dirty.lock() {
-            dirty.insert(product_id);
+            dirty
+                .entry(product_id)
+                .or_default()
+                .extend(holds.iter().map(|h| h.as_str().to_string()));
         }
     }
 
@@ -336,15 +350,19 @@ impl StockGate {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(REPAIR_EVERY).await;
-                let ids: Vec<i64> = match gate.dirty.lock() {
+                let products: Vec<(i64, Vec<String>)> = match gate.dirty.lock() {
                     Ok(mut dirty) => dirty.drain().collect(),
                     Err(_) => continue,
                 };
-                for batch in ids.chunks(SYNC_BATCH) {
-                    if let Err(e) = gate.sync(batch).await {
+                for batch in products.chunks(SYNC_BATCH) {
+                    let ended: Dirty = batch.iter().cloned().collect();
+                    let ids: Vec<i64> = ended.keys().copied().collect();
+                    if let Err(e) = gate.sync_ending(&ids, &ended).await {
                         tracing::debug!(error = %e, "re-syncing products failed; trying again");
                         if let Ok(mut dirty) = gate.dirty.lock() {
-                            dirty.extend(batch);
+                            for (id, holds) in ended {
+                                dirty.entry(id).or_default().extend(holds);
+                            }
                         }
                     }
                 }
@@ -366,6 +384,11 @@ impl StockGate {
     /// Rewrites the hashes of `ids` from MySQL under the products' shared row locks;
     /// returns how many products exist.
     pub async fn sync(&self, ids: &[i64]) -> Result<usize, AppError> {
+        self.sync_ending(ids, &Dirty::new()).await
+    }
+
+    /// [`Self::sync`], also dropping the reservations of `ended` holds.
+    async fn sync_ending(&self, ids: &[i64], ended: &Dirty) -> Result<usize, AppError> {
         if ids.is_empty() || !self.enabled {
             return Ok(0);
         }
@@ -373,9 +396,10 @@ impl StockGate {
         ids.sort_unstable();
         ids.dedup();
         let gate = self.clone();
+        let ended = Arc::new(ended.clone());
         let (count, back) = db::transact(&self.db, move |tx| {
-            let (gate, ids) = (gate.clone(), ids.clone());
-            Box::pin(async move { gate.sync_in(tx, &ids).await })
+            let (gate, ids, ended) = (gate.clone(), ids.clone(), ended.clone());
+            Box::pin(async move { gate.sync_in(tx, &ids, &ended).await })
         })
         .await?;
         // Announced once the locks are gone.
@@ -391,6 +415,7 @@ impl StockGate {
         &self,
         tx: &mut MySqlConnection,
         ids: &[i64],
+        ended: &Dirty,
     ) -> Result<(usize, Vec<i64>), AppError> {
         let mut products =
             QueryBuilder::new("SELECT id, stock - reserved, sold FROM products WHERE id IN (");
@@ -417,7 +442,11 @@ impl StockGate {
             .iter()
             .map(|(id, avail, sold)| {
                 let mut call = self.scripts.sync.key(self.product_key(*id));
-                call.arg(avail).arg(sold);
+                let ended = ended.get(id).map(Vec::as_slice).unwrap_or_default();
+                call.arg(avail).arg(sold).arg(ended.len());
+                for hold in ended {
+                    call.arg(hold);
+                }
                 for (hold, quantity) in by_product.get(id).into_iter().flatten() {
                     call.arg(hold).arg(quantity);
                 }

@@ -12,10 +12,10 @@ use serde_json::json;
 
 use crate::{
     helpers::{
-        free_port, hold_row, spawn_app, spawn_behind_proxy, spawn_with, statements_running, Reply,
-        ServiceProcess, JWT_SECRET,
+        free_port, hold_row, spawn_app, spawn_behind_proxy, spawn_with, statements_running,
+        until_running, Reply, ServiceProcess, TestApp, JWT_SECRET,
     },
-    proxy::Mode,
+    proxy::{Mode, Proxy},
 };
 
 #[tokio::test]
@@ -123,13 +123,18 @@ async fn an_order_held_up_past_the_reservation_window_answers_what_committed() {
         .await;
 }
 
+/// An app behind a Redis proxy whose only repair is the repairs loop (no reconcile within
+/// the test), and a funded buyer.
+async fn repairs_only() -> (TestApp, Proxy, i64, String) {
+    let (app, proxy) =
+        spawn_behind_proxy(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
+    let (user, token) = app.funded_user(1_000).await;
+    (app, proxy, user, token)
+}
+
 #[tokio::test]
 async fn a_release_lost_to_a_redis_failure_is_repaired_within_a_second() {
-    let (app, proxy) = spawn_behind_proxy(|c| {
-        c.reconcile_interval = Duration::from_secs(3600); // only the repair can fix it
-    })
-    .await;
-    let (user, token) = app.funded_user(1_000).await;
+    let (app, proxy, user, token) = repairs_only().await;
     let product = app.create_product(100, 1).await;
     let id = app.order(user, &token, product, 1, 100).await.body["order_id"]
         .as_i64()
@@ -151,6 +156,32 @@ async fn a_release_lost_to_a_redis_failure_is_repaired_within_a_second() {
     app.order(user, &token, product, 1, 100)
         .await
         .assert_status(201);
+}
+
+#[tokio::test]
+async fn a_paid_order_whose_settle_and_release_were_both_lost_is_not_counted_in_flight() {
+    let (app, proxy, user, token) = repairs_only().await;
+    let product = app.create_product(100, 2).await;
+    app.state.stock.sync(&[product]).await.unwrap();
+    // With its counter in Redis, the order's unit is reserved there, then the order waits
+    // on the product's row lock; Redis goes away before the order commits, so its settle
+    // fails and the reservation stays "in flight" in Redis.
+    let lock = hold_row(&app, "products", product).await;
+    let (placed, ()) = tokio::join!(app.order(user, &token, product, 1, 100), async {
+        until_running(&app, "SELECT price, stock, reserved, sold FROM products", 1).await;
+        proxy.set(Mode::Refuse).await;
+        lock.rollback().await.unwrap();
+    });
+    let id = placed.assert_status(201)["order_id"].as_i64().unwrap();
+    // The payment's release fails too: Redis never hears that the order ended.
+    app.pay(&token, id).await.assert_status(201);
+    proxy.set(Mode::Forward).await;
+    // MySQL: one unit sold, one available. The repair must not keep counting the paid
+    // order's reservation as in flight until its deadline (RESERVATION_HOLD_MS, 10 s).
+    let (available, _, reserved, sold) = app.product_row(product).await;
+    assert_eq!((available, reserved, sold), (1, 0, 1));
+    app.eventually_redis_matches_mysql(product, Duration::from_secs(4))
+        .await;
 }
 
 #[tokio::test]
