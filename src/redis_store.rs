@@ -488,16 +488,15 @@ impl RedisStore {
             Lane::Request => inner.timeout,
             Lane::Background => inner.timeout.max(BACKGROUND_TIMEOUT),
         };
+        // The request lane's multiplexed connection, unless REDIS_REQUEST_POOL gave it a pool.
+        let pool = match self.lane {
+            Lane::Request => inner.request_pool.as_ref(),
+            Lane::Background => Some(&inner.pool),
+        };
         let work = async {
-            match self.lane {
-                Lane::Request if inner.request_pool.is_none() => {
-                    op(self.request_conn().await?).await
-                }
-                lane => {
-                    let pool = match lane {
-                        Lane::Request => inner.request_pool.as_ref().unwrap_or(&inner.pool),
-                        Lane::Background => &inner.pool,
-                    };
+            match pool {
+                None => op(self.request_conn().await?).await,
+                Some(pool) => {
                     // Held until `op` is done, then back in the pool.
                     let pooled = pooled(pool).await?;
                     op(pooled.conn()).await

@@ -166,17 +166,14 @@ impl StockGate {
                         "sold_out",
                     );
                 }
-                Ok(ReserveReply::Missing) if attempt == 0 => {
-                    if self.rebuild(product_id).await.is_err() {
-                        // MySQL decides this one; the repairs build the key once Redis
-                        // and MySQL answer, so a sale that ends on the MySQL path does
-                        // not leave the product without a counter.
-                        self.mark_dirty(product_id);
-                        break;
-                    }
-                }
-                // Rebuilt, then lost again (Redis flushed meanwhile): the same.
                 Ok(ReserveReply::Missing) => {
+                    if attempt == 0 && self.rebuild(product_id).await.is_ok() {
+                        continue;
+                    }
+                    // The rebuild failed, or the key was lost again right after it (Redis
+                    // flushed meanwhile): MySQL decides this one, and the repairs build the
+                    // key once Redis and MySQL answer, so a sale that ends on the MySQL
+                    // path does not leave the product without a counter.
                     self.mark_dirty(product_id);
                     break;
                 }

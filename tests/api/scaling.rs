@@ -59,40 +59,6 @@ async fn on_a_cluster_flushall_on_every_master_comes_back_right() {
     flushed_redis_comes_back(&app, || async { cluster.flush_all() }).await;
 }
 
-/// Buys one unit with the buyer's own keys, retrying a 5xx (with the same keys) until the
-/// answer is final; returns the final statuses of the order and the payment.
-async fn buy_until_final(app: &TestApp, user: i64, token: &str, product: i64) -> (u16, u16) {
-    let post = |path: &'static str, body: Value, key: String| async move {
-        loop {
-            let r = app
-                .post_with_key(path, Some(token), body.clone(), Some(&key))
-                .await;
-            if r.status.is_server_error() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            return r;
-        }
-    };
-    let placed = post(
-        "/v1/orders",
-        json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100}),
-        format!("order-{user}"),
-    )
-    .await;
-    if placed.status != 201 {
-        assert_eq!(placed.body["code"], "OUT_OF_STOCK", "{placed:?}");
-        return (placed.status.as_u16(), 0);
-    }
-    let paid = post(
-        "/v1/payments",
-        json!({"order_id": placed.body["order_id"]}),
-        format!("pay-{user}"),
-    )
-    .await;
-    (201, paid.status.as_u16())
-}
-
 #[tokio::test]
 async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
     let mut cluster = RedisCluster::start();
@@ -108,7 +74,7 @@ async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
     let sale = join_all(buyers.iter().map(|(user, token)| {
         let (app, answered) = (&app, &answered);
         async move {
-            let r = buy_until_final(app, *user, token, product).await;
+            let r = buy_through(&app.client, &app.base, *user, token, product).await;
             answered.fetch_add(1, Ordering::SeqCst);
             r
         }
