@@ -23,7 +23,7 @@ use tower_http::{
 use crate::{
     admin,
     auth::Auth,
-    catalog::{self, cache::CatalogCache, ranking::Ranking, service::Catalog},
+    catalog::{self, cache::CatalogCache, ranking::Ranking, service::Catalog, store::CatalogStore},
     checkout::Checkout,
     config::Config,
     db::{self, Reader},
@@ -114,9 +114,15 @@ impl AppState {
             config.sold_out_memory,
         );
         let ranking = Ranking::new(redis.clone(), reader.clone(), config.stock_gate);
+        let products = CatalogStore::new(reader.clone());
         let catalog = Catalog {
             db: reader.clone(),
-            cache: CatalogCache::new(redis.clone(), stock.clone(), repeat_invalidation(&config)),
+            cache: CatalogCache::new(
+                redis.clone(),
+                stock.clone(),
+                products.clone(),
+                repeat_invalidation(&config),
+            ),
             stock: stock.clone(),
             ranking: ranking.clone(),
         };
@@ -124,6 +130,7 @@ impl AppState {
             db.clone(),
             stock.clone(),
             ranking.clone(),
+            products,
             config.order_ttl,
             config.batch_max,
         )?;
@@ -218,7 +225,9 @@ pub fn spawn_background(state: &AppState) {
         state.stock.background(),
         state.config.sweep_interval,
     );
+    state.catalog.cache.store.spawn_load();
     state.catalog.cache.spawn_listener();
+    state.checkout.spawn_prewarm();
     state.stock.spawn_listener();
     state.stock.spawn_repairs();
     state.redis.spawn_probe();

@@ -34,6 +34,13 @@ pub fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
 
+/// A stored UTC `DATETIME` as RFC 3339 (`2026-11-24T05:18:00.123Z`), as the API shows it.
+pub fn rfc3339(value: &NaiveDateTime) -> String {
+    value
+        .and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Creates the database named in `url` if needed, connects, and applies the migrations.
 ///
 /// Every connection runs READ COMMITTED: each decision is taken under an explicit row lock

@@ -82,8 +82,14 @@ codes! {
         "The product has fewer units available than requested. `available` is how many can still be ordered, `requested` how many were asked for; nothing changed.";
     PRICE_MISMATCH = "PRICE_MISMATCH", 409, "Price mismatch", ["current_price"],
         "The price in the order is not the product's current price (`current_price`). Show the buyer the new price and order again.";
-    INSUFFICIENT_POINTS = "INSUFFICIENT_POINTS", 409, "Insufficient points", ["balance", "required"],
-        "The balance does not cover the order's total. `balance` is what the user has, `required` the total; charge points and pay again, the order stays PENDING.";
+    INSUFFICIENT_POINTS = "INSUFFICIENT_POINTS", 409, "Insufficient points", ["balance", "required", "available"],
+        "The user's points do not cover the order's total. When placing an order: `available` (the balance less what the user's PENDING orders hold) is below `required`, the total; nothing was reserved. When paying (only orders placed before points were held at placement): the balance does not cover it, the order stays PENDING. `balance` is the balance now. Charge points, or cancel a PENDING order, and try again.";
+    PURCHASE_LIMIT_REACHED = "PURCHASE_LIMIT_REACHED", 409, "Purchase limit reached", ["limit", "held"],
+        "The order would take the user past the product's `per_user_limit` (`limit`): `held` is how many units the user already holds in PENDING and PAID orders of it. Cancelled, expired and refunded orders free their units.";
+    SALE_NOT_STARTED = "SALE_NOT_STARTED", 409, "Sale not started", ["starts_at"],
+        "The product cannot be ordered before its sale starts (`starts_at`, RFC 3339). The Retry-After header says in how many seconds; this answer is not kept for an Idempotency-Key, so the same request may be sent again then.";
+    SALE_ENDED = "SALE_ENDED", 409, "Sale ended", ["ends_at"],
+        "The product's sale ended at `ends_at` (RFC 3339); it can no longer be ordered. Orders placed before the end can still be paid until they expire.";
     ORDER_NOT_PAYABLE = "ORDER_NOT_PAYABLE", 409, "Order not payable", [],
         "Only a PENDING order whose reservation has not expired can be paid; this one is PAID, CANCELLED, EXPIRED or REFUNDED.";
     ORDER_NOT_CANCELLABLE = "ORDER_NOT_CANCELLABLE", 409, "Order not cancellable", [],
@@ -139,8 +145,22 @@ pub enum AppError {
     OutOfStock { available: i64, requested: i64 },
     #[error("the price is now {current}, not {seen}")]
     PriceMismatch { seen: i64, current: i64 },
-    #[error("the balance {balance} does not cover {required}")]
-    InsufficientPoints { balance: i64, required: i64 },
+    #[error("{available} of the balance {balance} is available, {required} is required")]
+    InsufficientPoints {
+        balance: i64,
+        required: i64,
+        available: i64,
+    },
+    #[error("the limit is {limit} per customer and {held} are already held")]
+    PurchaseLimitReached { limit: i64, held: i64 },
+    #[error("the sale starts at {}", db::rfc3339(starts_at))]
+    SaleNotStarted {
+        starts_at: chrono::NaiveDateTime,
+        /// Whole seconds until the start, at least 1 (the Retry-After header).
+        retry_after_secs: u64,
+    },
+    #[error("the sale ended at {}", db::rfc3339(ends_at))]
+    SaleEnded { ends_at: chrono::NaiveDateTime },
     #[error("the order is {0} and cannot be paid")]
     OrderNotPayable(&'static str),
     #[error("the order is {0} and cannot be cancelled")]
@@ -189,6 +209,25 @@ impl AppError {
                 available: *available,
                 requested: *requested,
             },
+            &InsufficientPoints {
+                balance,
+                required,
+                available,
+            } => InsufficientPoints {
+                balance,
+                required,
+                available,
+            },
+            &PurchaseLimitReached { limit, held } => PurchaseLimitReached { limit, held },
+            &SaleNotStarted {
+                starts_at,
+                retry_after_secs,
+            } => SaleNotStarted {
+                starts_at,
+                retry_after_secs,
+            },
+            &SaleEnded { ends_at } => SaleEnded { ends_at },
+            &PriceMismatch { seen, current } => PriceMismatch { seen, current },
             IdempotencyInProgress => IdempotencyInProgress,
             DependencyUnavailable(m) => DependencyUnavailable(m.clone()),
             Database(e) if db::is_unavailable(e) => DependencyUnavailable("mysql".into()),
@@ -199,6 +238,14 @@ impl AppError {
     /// Whether a client caused this (4xx), as opposed to the infrastructure (5xx).
     pub fn is_client_error(&self) -> bool {
         self.status().is_client_error()
+    }
+
+    /// Whether this is an answer to keep under the request's Idempotency-Key and replay: a
+    /// client error that will not change by waiting. A refusal that says when to come back
+    /// (`SALE_NOT_STARTED`, with Retry-After) is not kept, like a 5xx: the same request
+    /// sent again then runs.
+    pub fn is_kept(&self) -> bool {
+        self.is_client_error() && !matches!(self, AppError::SaleNotStarted { .. })
     }
 
     pub fn code(&self) -> &'static CodeDoc {
@@ -218,6 +265,9 @@ impl AppError {
             OutOfStock { .. } => &code::OUT_OF_STOCK,
             PriceMismatch { .. } => &code::PRICE_MISMATCH,
             InsufficientPoints { .. } => &code::INSUFFICIENT_POINTS,
+            PurchaseLimitReached { .. } => &code::PURCHASE_LIMIT_REACHED,
+            SaleNotStarted { .. } => &code::SALE_NOT_STARTED,
+            SaleEnded { .. } => &code::SALE_ENDED,
             OrderNotPayable(_) => &code::ORDER_NOT_PAYABLE,
             OrderNotCancellable(_) => &code::ORDER_NOT_CANCELLABLE,
             OrderNotRefundable(_) => &code::ORDER_NOT_REFUNDABLE,
@@ -263,6 +313,11 @@ impl AppError {
             max_balance: None,
             current_price: None,
             retry_after: None,
+            limit: None,
+            held: None,
+            starts_at: None,
+            ends_at: None,
+            retry_header: None,
         };
         match *self {
             OutOfStock {
@@ -272,10 +327,27 @@ impl AppError {
                 problem.available = Some(available.max(0));
                 problem.requested = Some(requested);
             }
-            InsufficientPoints { balance, required } => {
+            InsufficientPoints {
+                balance,
+                required,
+                available,
+            } => {
                 problem.balance = Some(balance);
                 problem.required = Some(required);
+                problem.available = Some(available.max(0));
             }
+            PurchaseLimitReached { limit, held } => {
+                problem.limit = Some(limit);
+                problem.held = Some(held);
+            }
+            SaleNotStarted {
+                starts_at,
+                retry_after_secs,
+            } => {
+                problem.starts_at = Some(db::rfc3339(&starts_at));
+                problem.retry_header = Some(retry_after_secs);
+            }
+            SaleEnded { ends_at } => problem.ends_at = Some(db::rfc3339(&ends_at)),
             BalanceLimitExceeded {
                 balance,
                 max_balance,
@@ -284,7 +356,10 @@ impl AppError {
                 problem.max_balance = Some(max_balance);
             }
             PriceMismatch { current, .. } => problem.current_price = Some(current),
-            RateLimited { retry_after_secs } => problem.retry_after = Some(retry_after_secs),
+            RateLimited { retry_after_secs } => {
+                problem.retry_after = Some(retry_after_secs);
+                problem.retry_header = Some(retry_after_secs);
+            }
             _ => {}
         }
         problem
@@ -307,7 +382,8 @@ pub struct Problem {
     /// The `x-request-id` of the response that carries this problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// OUT_OF_STOCK: units that can still be ordered.
+    /// OUT_OF_STOCK: units that can still be ordered; INSUFFICIENT_POINTS: the points not
+    /// held by the user's PENDING orders.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available: Option<i64>,
     /// OUT_OF_STOCK: units asked for.
@@ -328,6 +404,21 @@ pub struct Problem {
     /// RATE_LIMITED: seconds to wait (as in Retry-After).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// PURCHASE_LIMIT_REACHED: the product's `per_user_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// PURCHASE_LIMIT_REACHED: units the user holds in PENDING and PAID orders of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<i64>,
+    /// SALE_NOT_STARTED: when the sale starts (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    /// SALE_ENDED: when the sale ended (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// The `Retry-After` header's seconds, when a retry can help (not a member).
+    #[serde(skip)]
+    pub retry_header: Option<u64>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -350,7 +441,7 @@ pub fn problem_response(status: StatusCode, mut problem: Problem) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    if let Some(seconds) = problem.retry_after {
+    if let Some(seconds) = problem.retry_header.or(problem.retry_after) {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
@@ -414,6 +505,19 @@ mod tests {
             AppError::InsufficientPoints {
                 balance: 1,
                 required: 2,
+                available: 0,
+            },
+            AppError::PurchaseLimitReached { limit: 1, held: 1 },
+            AppError::SaleNotStarted {
+                starts_at: chrono::DateTime::from_timestamp(2_000_000_000, 0)
+                    .unwrap()
+                    .naive_utc(),
+                retry_after_secs: 3,
+            },
+            AppError::SaleEnded {
+                ends_at: chrono::DateTime::from_timestamp(2_000_000_000, 0)
+                    .unwrap()
+                    .naive_utc(),
             },
             AppError::BalanceLimitExceeded {
                 balance: 999_999,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 use utoipa::OpenApi;
 
-use super::service::{self, ProductChange, UserView};
+use super::service::{self, NewProduct, ProductChange, UserView};
 use crate::{
     auth::{Admin, Auth, MintedToken},
     catalog::{
@@ -19,7 +19,7 @@ use crate::{
         service::Catalog,
     },
     error::AppError,
-    http::{AppJson, AppPath, Id},
+    http::{nullable, AppJson, AppPath, Id},
     idempotency::{self, IdempotencyKey},
 };
 
@@ -109,6 +109,18 @@ struct CreateProduct {
     price: i64,
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
+    /// The most units one customer may hold in PENDING and PAID orders.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_user_limit: Option<i64>,
+    /// RFC 3339: orders are refused before it (SALE_NOT_STARTED).
+    #[schema(format = DateTime)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sale_starts_at: Option<String>,
+    /// RFC 3339, after `sale_starts_at`: orders are refused from it (SALE_ENDED).
+    #[schema(format = DateTime)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sale_ends_at: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/admin/products", tag = "admin", security(("admin" = [])), request_body = CreateProduct,
@@ -122,12 +134,21 @@ async fn create_product(
     key: IdempotencyKey,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<Response, AppError> {
-    let name = domain::name(&body.name)?;
-    let price = domain::price(body.price)?;
-    let stock = domain::stock(body.stock)?;
+    let product = NewProduct {
+        name: domain::name(&body.name)?,
+        price: domain::price(body.price)?,
+        stock: domain::stock(body.stock)?,
+        per_user_limit: body
+            .per_user_limit
+            .map(domain::per_user_limit)
+            .transpose()?,
+        window: domain::SaleWindow::new(
+            instant("sale_starts_at", body.sale_starts_at.as_deref())?,
+            instant("sale_ends_at", body.sale_ends_at.as_deref())?,
+        )?,
+    };
     let claim = key.claim(scope("create_product"), &body, StatusCode::CREATED)?;
-    let outcome =
-        service::create_product(&catalog, &db, name, price, stock, claim.as_ref()).await?;
+    let outcome = service::create_product(&catalog, &db, product, claim.as_ref()).await?;
     Ok(outcome.respond(StatusCode::CREATED))
 }
 
@@ -141,6 +162,35 @@ struct UpdateProduct {
     /// The new available quantity (unsold and unreserved).
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: Option<i64>,
+    /// `null` removes the limit.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000)]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    per_user_limit: Option<Option<i64>>,
+    /// RFC 3339; `null`: on sale from now.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    sale_starts_at: Option<Option<String>>,
+    /// RFC 3339; `null`: no end.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    sale_ends_at: Option<Option<String>>,
+}
+
+/// An optional RFC 3339 field as UTC.
+fn instant(field: &str, value: Option<&str>) -> Result<Option<chrono::NaiveDateTime>, AppError> {
+    value.map(|v| domain::instant(field, v)).transpose()
 }
 
 #[utoipa::path(patch, path = "/v1/admin/products/{product_id}", tag = "admin", security(("admin" = [])),
@@ -156,15 +206,36 @@ async fn update_product(
     AppPath(id): AppPath<Id>,
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<Response, AppError> {
-    if body.name.is_none() && body.price.is_none() && body.stock.is_none() {
+    if body.name.is_none()
+        && body.price.is_none()
+        && body.stock.is_none()
+        && body.per_user_limit.is_none()
+        && body.sale_starts_at.is_none()
+        && body.sale_ends_at.is_none()
+    {
         return Err(AppError::Validation(
-            "give at least one of name, price, stock".into(),
+            "give at least one of name, price, stock, per_user_limit, sale_starts_at, sale_ends_at"
+                .into(),
         ));
     }
     let change = ProductChange {
         name: body.name.as_deref().map(domain::name).transpose()?,
         price: body.price.map(domain::price).transpose()?,
         stock: body.stock.map(domain::stock).transpose()?,
+        per_user_limit: body
+            .per_user_limit
+            .map(|l| l.map(domain::per_user_limit).transpose())
+            .transpose()?,
+        sale_starts_at: body
+            .sale_starts_at
+            .as_ref()
+            .map(|t| instant("sale_starts_at", t.as_deref()))
+            .transpose()?,
+        sale_ends_at: body
+            .sale_ends_at
+            .as_ref()
+            .map(|t| instant("sale_ends_at", t.as_deref()))
+            .transpose()?,
     };
     let claim = key.claim(scope("update_product"), &(id, &body), StatusCode::OK)?;
     let outcome = service::update_product(&catalog, &db, id.get(), change, claim.as_ref()).await?;

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use moka::future::Cache;
 use redis::PushKind;
 
-use super::domain::ProductDetail;
+use super::{domain::ProductDetail, store::CatalogStore};
 use crate::{error::AppError, http::caching::Tagged, redis_store::RedisStore, stock::StockGate};
 
 /// L1 lifetimes: the bound on staleness when an invalidation message is lost (and, for
@@ -41,6 +41,8 @@ const CHANNEL: &str = "events:invalidate";
 pub struct CatalogCache {
     redis: RedisStore,
     stock: StockGate,
+    /// The whole catalog in process, refreshed by the same messages.
+    pub store: CatalogStore,
     rows: Cache<i64, Arc<ProductDetail>>,
     pages: Cache<i64, Tagged>,
     top: Cache<i64, Tagged>,
@@ -52,37 +54,48 @@ pub struct CatalogCache {
 /// What an invalidation message names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Changed {
-    /// One product's name, price or stock, and so the pages.
+    /// One product's name, price, stock, limit or sale window, and so the pages.
     Product(i64),
-    /// The set of products (a new one): the pages.
-    Pages,
+    /// A new product: the set of products, and so the pages.
+    Created(i64),
 }
 
 impl Changed {
     fn encode(self) -> String {
         match self {
             Self::Product(id) => format!("product:{id}"),
-            Self::Pages => "pages".into(),
+            Self::Created(id) => format!("created:{id}"),
         }
     }
 
     fn decode(message: &str) -> Option<Self> {
-        match message {
-            "pages" => Some(Self::Pages),
-            _ => message
-                .strip_prefix("product:")?
-                .parse()
-                .ok()
-                .map(Self::Product),
+        let (kind, id) = message.split_once(':')?;
+        let id = id.parse().ok()?;
+        match kind {
+            "product" => Some(Self::Product(id)),
+            "created" => Some(Self::Created(id)),
+            _ => None,
+        }
+    }
+
+    fn product(self) -> i64 {
+        match self {
+            Self::Product(id) | Self::Created(id) => id,
         }
     }
 }
 
 impl CatalogCache {
-    pub fn new(redis: RedisStore, stock: StockGate, repeat_after: Duration) -> Self {
+    pub fn new(
+        redis: RedisStore,
+        stock: StockGate,
+        store: CatalogStore,
+        repeat_after: Duration,
+    ) -> Self {
         Self {
             redis,
             stock,
+            store,
             repeat_after,
             rows: Cache::builder()
                 .max_capacity(100_000)
@@ -265,11 +278,17 @@ impl CatalogCache {
     }
 
     async fn evict_local(&self, changed: Changed) {
-        if let Changed::Product(id) = changed {
-            self.rows.invalidate(&id).await;
-            self.top.invalidate_all();
-        } else {
-            self.index.invalidate_all();
+        let id = changed.product();
+        if let Err(e) = self.store.refresh(id).await {
+            tracing::warn!(product_id = id, error = %e, "product not reloaded; reloading the catalog");
+            self.store.spawn_load();
+        }
+        match changed {
+            Changed::Product(id) => {
+                self.rows.invalidate(&id).await;
+                self.top.invalidate_all();
+            }
+            Changed::Created(_) => self.index.invalidate_all(),
         }
         self.pages.invalidate_all();
     }
@@ -287,11 +306,16 @@ impl CatalogCache {
         let cache = self.clone();
         let channel = self.redis.key(CHANNEL);
         tokio::spawn(async move {
+            let mut first = true;
             loop {
                 match cache.redis.subscribe(std::slice::from_ref(&channel)).await {
                     Ok(mut pushes) => {
-                        // Messages sent while nobody listened are lost: start from an empty L1.
+                        // Messages sent while nobody listened are lost: start from an empty L1,
+                        // and reload the catalog (the first time, the start-up load does).
                         cache.evict_all();
+                        if !std::mem::take(&mut first) {
+                            cache.store.spawn_load();
+                        }
                         while let Some(push) = pushes.recv().await {
                             match push.kind {
                                 PushKind::Message => {
@@ -300,7 +324,10 @@ impl CatalogCache {
                                     });
                                     match payload.as_deref().and_then(Changed::decode) {
                                         Some(changed) => cache.evict_local(changed).await,
-                                        None => cache.evict_all(),
+                                        None => {
+                                            cache.evict_all();
+                                            cache.store.spawn_load();
+                                        }
                                     }
                                 }
                                 PushKind::Disconnection | PushKind::Subscribe => cache.evict_all(),
@@ -335,9 +362,10 @@ mod tests {
 
     #[test]
     fn invalidation_messages_round_trip() {
-        for c in [Changed::Product(42), Changed::Pages] {
+        for c in [Changed::Product(42), Changed::Created(7)] {
             assert_eq!(Changed::decode(&c.encode()), Some(c));
         }
         assert_eq!(Changed::decode("product:x"), None);
+        assert_eq!(Changed::decode("pages"), None);
     }
 }

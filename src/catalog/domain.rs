@@ -1,7 +1,7 @@
 //! Catalog rules and views, free of I/O: page size, ranking window, what a product may
 //! hold, and the shapes the catalog answers with.
 
-use chrono::{Duration, NaiveDate};
+use chrono::{Duration, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
@@ -27,6 +27,16 @@ pub struct ProductSummary {
     pub name: String,
     pub price: i64,
     pub stock: i64,
+    /// The most units one customer may hold (PENDING and PAID orders); `null`: no limit.
+    pub per_user_limit: Option<i64>,
+    /// RFC 3339; before it the product cannot be ordered. `null`: on sale already.
+    #[serde(with = "crate::http::utc_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub sale_starts_at: Option<NaiveDateTime>,
+    /// RFC 3339; after it the product cannot be ordered. `null`: no end.
+    #[serde(with = "crate::http::utc_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub sale_ends_at: Option<NaiveDateTime>,
 }
 
 /// A product: `stock` is what can still be ordered, `sold` the all-time units in PAID
@@ -38,6 +48,106 @@ pub struct ProductDetail {
     pub price: i64,
     pub stock: i64,
     pub sold: i64,
+    /// The most units one customer may hold (PENDING and PAID orders); `null`: no limit.
+    pub per_user_limit: Option<i64>,
+    /// RFC 3339; before it the product cannot be ordered. `null`: on sale already.
+    #[serde(with = "crate::http::utc_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub sale_starts_at: Option<NaiveDateTime>,
+    /// RFC 3339; after it the product cannot be ordered. `null`: no end.
+    #[serde(with = "crate::http::utc_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub sale_ends_at: Option<NaiveDateTime>,
+}
+
+impl ProductDetail {
+    pub fn window(&self) -> SaleWindow {
+        SaleWindow {
+            starts_at: self.sale_starts_at,
+            ends_at: self.sale_ends_at,
+        }
+    }
+}
+
+/// The columns of [`ProductDetail`] in `products`, in its field order.
+pub const PRODUCT_COLUMNS: &str = "id, name, price, stock - reserved AS stock, sold, \
+     per_user_limit, sale_starts_at, sale_ends_at";
+
+/// When a product can be ordered (SPEC F3): from `starts_at` (included) until `ends_at`
+/// (excluded); either end may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaleWindow {
+    pub starts_at: Option<NaiveDateTime>,
+    pub ends_at: Option<NaiveDateTime>,
+}
+
+impl SaleWindow {
+    /// A window whose end, when both are given, is after its start.
+    pub fn new(
+        starts_at: Option<NaiveDateTime>,
+        ends_at: Option<NaiveDateTime>,
+    ) -> Result<Self, AppError> {
+        if let (Some(start), Some(end)) = (starts_at, ends_at) {
+            if end <= start {
+                return Err(AppError::Validation(
+                    "sale_ends_at must be after sale_starts_at".into(),
+                ));
+            }
+        }
+        Ok(Self { starts_at, ends_at })
+    }
+
+    /// Whether an order may be placed at `now`: `SALE_NOT_STARTED` (with the whole seconds
+    /// to the start, at least 1) or `SALE_ENDED` otherwise.
+    pub fn check(&self, now: NaiveDateTime) -> Result<(), AppError> {
+        if let Some(starts_at) = self.starts_at.filter(|s| now < *s) {
+            let millis = (starts_at - now).num_milliseconds();
+            return Err(AppError::SaleNotStarted {
+                starts_at,
+                retry_after_secs: u64::try_from((millis + 999) / 1000).unwrap_or(1).max(1),
+            });
+        }
+        if let Some(ends_at) = self.ends_at.filter(|e| now >= *e) {
+            return Err(AppError::SaleEnded { ends_at });
+        }
+        Ok(())
+    }
+
+    /// Whether the sale starts after `now` but no later than `lead` from it.
+    pub fn starts_within(&self, now: NaiveDateTime, lead: Duration) -> bool {
+        self.starts_at.is_some_and(|s| now < s && s <= now + lead)
+    }
+}
+
+/// SPEC F2: `held` units (PENDING and PAID) plus `quantity` may not pass `limit`.
+pub fn check_limit(limit: Option<i64>, held: i64, quantity: i64) -> Result<(), AppError> {
+    match limit {
+        Some(limit) if held + quantity > limit => {
+            Err(AppError::PurchaseLimitReached { limit, held })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A product's `per_user_limit`: at least 1 unit.
+pub fn per_user_limit(value: i64) -> Result<i64, AppError> {
+    if !(1..=MAX_STOCK).contains(&value) {
+        return Err(AppError::Validation(format!(
+            "per_user_limit must be between 1 and {MAX_STOCK}"
+        )));
+    }
+    Ok(value)
+}
+
+/// An RFC 3339 time with its offset, as UTC.
+pub fn instant(field: &str, value: &str) -> Result<NaiveDateTime, AppError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.naive_utc())
+        .map_err(|_| {
+            AppError::Validation(format!(
+                "{field} must be an RFC 3339 time such as 2026-12-01T10:00:00Z"
+            ))
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -189,6 +299,62 @@ mod tests {
         assert!(user_name(&"é".repeat(MAX_USER_NAME_CHARS)).is_ok());
         assert!(user_name(&"é".repeat(MAX_USER_NAME_CHARS + 1)).is_err());
         assert!(user_name("a\u{0}b").is_err());
+    }
+
+    fn at(secs: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    #[test]
+    fn a_sale_window_refuses_before_its_start_and_from_its_end() {
+        let w = SaleWindow::new(Some(at(1000)), Some(at(2000))).unwrap();
+        match w.check(at(997) + Duration::milliseconds(500)).unwrap_err() {
+            AppError::SaleNotStarted {
+                starts_at,
+                retry_after_secs,
+            } => assert_eq!((starts_at, retry_after_secs), (at(1000), 3)),
+            other => panic!("{other:?}"),
+        }
+        match w.check(at(1000) - Duration::milliseconds(1)).unwrap_err() {
+            AppError::SaleNotStarted {
+                retry_after_secs, ..
+            } => assert_eq!(retry_after_secs, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(w.check(at(1000)).is_ok());
+        assert!(w.check(at(1999)).is_ok());
+        assert_eq!(w.check(at(2000)).unwrap_err().code().code, "SALE_ENDED");
+        assert!(SaleWindow::default().check(at(0)).is_ok());
+        assert!(SaleWindow::new(Some(at(2)), Some(at(2))).is_err());
+        assert!(SaleWindow::new(None, Some(at(2))).is_ok());
+    }
+
+    #[test]
+    fn a_sale_starting_within_the_lead_is_upcoming() {
+        let w = SaleWindow::new(Some(at(100)), None).unwrap();
+        assert!(w.starts_within(at(50), Duration::seconds(60)));
+        assert!(!w.starts_within(at(30), Duration::seconds(60)));
+        assert!(!w.starts_within(at(100), Duration::seconds(60)));
+        assert!(!SaleWindow::default().starts_within(at(0), Duration::seconds(60)));
+    }
+
+    #[test]
+    fn the_limit_counts_what_is_held() {
+        assert!(check_limit(None, 100, 5).is_ok());
+        assert!(check_limit(Some(3), 1, 2).is_ok());
+        match check_limit(Some(3), 2, 2).unwrap_err() {
+            AppError::PurchaseLimitReached { limit, held } => assert_eq!((limit, held), (3, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert!(per_user_limit(0).is_err());
+        assert_eq!(per_user_limit(1).unwrap(), 1);
+        assert_eq!(
+            instant("t", "2026-12-01T11:00:00+01:00").unwrap(),
+            instant("t", "2026-12-01T10:00:00Z").unwrap()
+        );
+        assert!(instant("t", "tomorrow").is_err());
     }
 
     #[test]

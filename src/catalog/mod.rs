@@ -5,5 +5,6 @@ pub mod domain;
 pub mod ranking;
 pub mod routes;
 pub mod service;
+pub mod store;
 
 pub use routes::router;

@@ -9,7 +9,7 @@ use super::{
     cache::{CatalogCache, Changed},
     domain::{
         rank, total_pages, window_start, ProductDetail, ProductPage, TopItem, TopSellers,
-        PAGE_SIZE, TOP_N,
+        PAGE_SIZE, PRODUCT_COLUMNS, TOP_N,
     },
     ranking::Ranking,
 };
@@ -61,7 +61,8 @@ async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
                 .db
                 .read(|pool| async move {
                     sqlx::query_as(
-                        "SELECT id, name, price, stock - reserved AS stock FROM products \
+                        "SELECT id, name, price, stock - reserved AS stock, per_user_limit, \
+                         sale_starts_at, sale_ends_at FROM products \
                          WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
                     )
                     .bind(first)
@@ -133,9 +134,9 @@ pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppErro
 /// A product as MySQL (or a fresh replica) has it now.
 pub async fn load_detail(db: &Reader, id: i64) -> Result<ProductDetail, AppError> {
     db.read(|pool| async move {
-        sqlx::query_as(
-            "SELECT id, name, price, stock - reserved AS stock, sold FROM products WHERE id = ?",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ?"
+        ))
         .bind(id)
         .fetch_optional(&pool)
         .await

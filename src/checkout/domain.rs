@@ -4,7 +4,11 @@
 //! product); [`decide`] then takes its requests in arrival order and decides each one on
 //! its own, exactly as if they had run one after another: a refusal changes nothing and
 //! touches no neighbour, and every acceptance is seen by the requests after it (two orders
-//! of one user share one balance, units taken by one placement are gone for the next).
+//! of one user share one balance and one hold, units taken by one placement are gone for
+//! the next and count towards its buyer's limit).
+//!
+//! A placement is refused by the first rule it breaks, in SPEC's order: the sale window,
+//! the stock, the per-customer limit, the price, the points.
 
 use std::collections::HashMap;
 
@@ -12,12 +16,13 @@ use chrono::NaiveDateTime;
 
 use crate::{
     auth::Caller,
+    catalog::domain::{check_limit, SaleWindow},
     error::AppError,
     orders::domain::{check_price, total, Order, Quantity},
-    points::domain::Balance,
+    points::domain::Points,
 };
 
-/// The product row as locked: its price and stock figures.
+/// The product row as locked: its price, stock figures and fairness rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProductRow {
     pub price: i64,
@@ -26,6 +31,8 @@ pub struct ProductRow {
     /// Units held by PENDING orders.
     pub reserved: i64,
     pub sold: i64,
+    pub per_user_limit: Option<i64>,
+    pub window: SaleWindow,
 }
 
 impl ProductRow {
@@ -40,8 +47,11 @@ impl ProductRow {
 pub struct Locked {
     /// `None`: no such product.
     pub product: Option<ProductRow>,
-    /// Balance of every user the batch locked (placers and payers).
-    pub balances: HashMap<i64, i64>,
+    /// The points of every user the batch locked (placers and payers).
+    pub users: HashMap<i64, Points>,
+    /// Units each placer holds of the product in PENDING and PAID orders; read only when
+    /// the product has a `per_user_limit` (a placer missing here holds none).
+    pub holdings: HashMap<i64, i64>,
     /// The orders the batch pays, by id.
     pub orders: HashMap<i64, Order>,
 }
@@ -87,7 +97,8 @@ pub enum Decision {
     Pay(Result<Paid, AppError>),
 }
 
-/// Decides every request in order against `locked`, which ends as the rows must be written.
+/// Decides every request in order against `locked`, which ends as the rows must be written;
+/// `now` is the database's clock.
 pub fn decide(locked: &mut Locked, requests: &[Request], now: NaiveDateTime) -> Vec<Decision> {
     requests
         .iter()
@@ -97,7 +108,7 @@ pub fn decide(locked: &mut Locked, requests: &[Request], now: NaiveDateTime) -> 
                 user_id,
                 quantity,
                 price,
-            } => Decision::Place(place(locked, user_id, quantity, price)),
+            } => Decision::Place(place(locked, user_id, quantity, price, now)),
             Request::Pay { caller, order_id } => Decision::Pay(pay(locked, caller, order_id, now)),
         })
         .collect()
@@ -108,12 +119,11 @@ fn place(
     user_id: i64,
     quantity: Quantity,
     seen: i64,
+    now: NaiveDateTime,
 ) -> Result<Placed, AppError> {
     let product = locked.product.as_mut().ok_or(AppError::ProductNotFound)?;
-    if !locked.balances.contains_key(&user_id) {
-        return Err(AppError::UserNotFound);
-    }
-    check_price(seen, product.price)?;
+    let points = *locked.users.get(&user_id).ok_or(AppError::UserNotFound)?;
+    product.window.check(now)?;
     let q = quantity.get();
     if q > product.available() {
         return Err(AppError::OutOfStock {
@@ -121,8 +131,14 @@ fn place(
             requested: q,
         });
     }
+    let held = locked.holdings.get(&user_id).copied().unwrap_or(0);
+    check_limit(product.per_user_limit, held, q)?;
+    check_price(seen, product.price)?;
     let total_amount = total(product.price, quantity)?;
+    let points = points.hold(total_amount)?;
     product.reserved += q;
+    locked.users.insert(user_id, points);
+    locked.holdings.insert(user_id, held + q);
     Ok(Placed {
         user_id,
         quantity: q,
@@ -143,11 +159,11 @@ fn pay(
         .filter(|o| caller.owns(o.user_id))
         .ok_or(AppError::OrderNotFound)?;
     let next = order.status.pay(order.expires_at <= now)?;
-    let balance = *locked
-        .balances
+    let points = *locked
+        .users
         .get(&order.user_id)
         .ok_or(AppError::UserNotFound)?;
-    let after = Balance::new(balance).pay(order.total_amount)?;
+    let after = points.pay(order.total_amount)?;
     let product = locked.product.as_mut().ok_or(AppError::ProductNotFound)?;
     let q = order.quantity;
     if product.stock < q || product.reserved < q {
@@ -159,7 +175,7 @@ fn pay(
     product.stock -= q;
     product.reserved -= q;
     product.sold += q;
-    locked.balances.insert(order.user_id, after.get());
+    locked.users.insert(order.user_id, after);
     order.status = next;
     order.paid_at = Some(now);
     Ok(Paid {
@@ -167,7 +183,7 @@ fn pay(
         user_id: order.user_id,
         quantity: q,
         amount: order.total_amount,
-        balance_after: after.get(),
+        balance_after: after.balance,
     })
 }
 
@@ -198,15 +214,38 @@ mod tests {
         }
     }
 
+    /// The rows locked: each user's `held` is what their PENDING orders among `orders`
+    /// hold.
     fn locked(stock: i64, reserved: i64, users: &[(i64, i64)], orders: Vec<Order>) -> Locked {
+        let held = |user: i64| {
+            orders
+                .iter()
+                .filter(|o| o.user_id == user && o.status == OrderStatus::Pending)
+                .map(|o| o.total_amount)
+                .sum()
+        };
         Locked {
             product: Some(ProductRow {
                 price: 100,
                 stock,
                 reserved,
                 sold: 0,
+                per_user_limit: None,
+                window: SaleWindow::default(),
             }),
-            balances: users.iter().copied().collect(),
+            users: users
+                .iter()
+                .map(|&(id, balance)| {
+                    (
+                        id,
+                        Points {
+                            balance,
+                            held: held(id),
+                        },
+                    )
+                })
+                .collect(),
+            holdings: HashMap::new(),
             orders: orders.into_iter().map(|o| (o.id, o)).collect(),
         }
     }
@@ -251,13 +290,17 @@ mod tests {
             d.iter().map(code).collect::<Vec<_>>(),
             ["OK", "OK", "INSUFFICIENT_POINTS"]
         );
-        assert_eq!(l.balances[&1], 50);
+        assert_eq!(l.users[&1].balance, 50);
         let p = l.product.unwrap();
         assert_eq!((p.stock, p.reserved, p.sold), (8, 1, 2));
         assert_eq!(l.orders[&3].status, OrderStatus::Pending);
         match &d[2] {
-            Decision::Pay(Err(AppError::InsufficientPoints { balance, required })) => {
-                assert_eq!((*balance, *required), (50, 100))
+            Decision::Pay(Err(AppError::InsufficientPoints {
+                balance,
+                required,
+                available,
+            })) => {
+                assert_eq!((*balance, *required, *available), (50, 100, 50))
             }
             other => panic!("{other:?}"),
         }
@@ -317,7 +360,7 @@ mod tests {
 
     #[test]
     fn placements_take_units_in_arrival_order_and_never_more_than_there_are() {
-        let mut l = locked(5, 2, &[(1, 0), (2, 0)], vec![]);
+        let mut l = locked(5, 2, &[(1, 1000), (2, 1000)], vec![]);
         let d = decide(
             &mut l,
             &[place(1, 2, 100), place(2, 2, 100), place(1, 1, 100)],
@@ -344,17 +387,172 @@ mod tests {
         let mut l = locked(0, 0, &[(1, 1000)], vec![order(1, 1, 2, 200)]);
         let d = decide(&mut l, &[pay(1, 1)], now());
         assert_eq!(code(&d[0]), "OUT_OF_STOCK");
-        assert_eq!(l.balances[&1], 1000);
+        assert_eq!(l.users[&1].balance, 1000);
         assert_eq!(l.orders[&1].status, OrderStatus::Pending);
     }
 
     #[test]
     fn a_missing_product_refuses_placements() {
         let mut l = Locked {
-            balances: [(1, 0)].into(),
+            users: [(
+                1,
+                Points {
+                    balance: 0,
+                    held: 0,
+                },
+            )]
+            .into(),
             ..Locked::default()
         };
         let d = decide(&mut l, &[place(1, 1, 100)], now());
         assert_eq!(code(&d[0]), "PRODUCT_NOT_FOUND");
+    }
+
+    #[test]
+    fn placements_hold_points_and_one_users_orders_count_together() {
+        // Points for three units of 100: two, then two more (refused: 100 available),
+        // then one.
+        let mut l = locked(10, 0, &[(1, 300)], vec![]);
+        let d = decide(
+            &mut l,
+            &[place(1, 2, 100), place(1, 2, 100), place(1, 1, 100)],
+            now(),
+        );
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            ["OK", "INSUFFICIENT_POINTS", "OK"]
+        );
+        match &d[1] {
+            Decision::Place(Err(AppError::InsufficientPoints {
+                balance,
+                required,
+                available,
+            })) => assert_eq!((*balance, *required, *available), (300, 200, 100)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            l.users[&1],
+            Points {
+                balance: 300,
+                held: 300
+            }
+        );
+        assert_eq!(l.product.unwrap().reserved, 3);
+    }
+
+    #[test]
+    fn a_user_with_no_points_reserves_nothing() {
+        let mut l = locked(500, 0, &[(1, 0)], vec![]);
+        let d = decide(&mut l, &[place(1, 500, 100)], now());
+        assert_eq!(code(&d[0]), "INSUFFICIENT_POINTS");
+        assert_eq!(l.product.unwrap().reserved, 0);
+        assert_eq!(l.users[&1].held, 0);
+    }
+
+    #[test]
+    fn a_placed_order_is_payable_as_far_as_points_go() {
+        let mut l = locked(10, 0, &[(1, 250)], vec![]);
+        let placed = decide(&mut l, &[place(1, 2, 100)], now());
+        let Decision::Place(Ok(p)) = placed[0] else {
+            panic!("{placed:?}")
+        };
+        let mut o = order(1, 1, p.quantity, p.total_amount);
+        o.id = 9;
+        l.orders.insert(9, o);
+        // Another order of the same user cannot take the held points; the payment can.
+        let d = decide(&mut l, &[place(1, 1, 100), pay(1, 9)], now());
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            ["INSUFFICIENT_POINTS", "OK"]
+        );
+        assert_eq!(
+            l.users[&1],
+            Points {
+                balance: 50,
+                held: 0
+            }
+        );
+    }
+
+    #[test]
+    fn the_limit_counts_held_units_and_the_batchs_own() {
+        let mut l = locked(10, 0, &[(1, 10_000), (2, 10_000)], vec![]);
+        if let Some(p) = l.product.as_mut() {
+            p.per_user_limit = Some(2);
+        }
+        l.holdings.insert(1, 1);
+        let d = decide(
+            &mut l,
+            &[
+                place(1, 1, 100),
+                place(1, 1, 100),
+                place(2, 2, 100),
+                place(2, 1, 100),
+            ],
+            now(),
+        );
+        assert_eq!(
+            d.iter().map(code).collect::<Vec<_>>(),
+            [
+                "OK",
+                "PURCHASE_LIMIT_REACHED",
+                "OK",
+                "PURCHASE_LIMIT_REACHED"
+            ]
+        );
+        match &d[1] {
+            Decision::Place(Err(AppError::PurchaseLimitReached { limit, held })) => {
+                assert_eq!((*limit, *held), (2, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((l.holdings[&1], l.holdings[&2]), (2, 2));
+        assert_eq!(l.product.unwrap().reserved, 3);
+    }
+
+    #[test]
+    fn the_first_broken_rule_names_the_refusal() {
+        // Every rule broken at once, then mended one at a time in SPEC's order: sale
+        // window, stock, per-user limit, price, points.
+        let mut l = locked(1, 0, &[(1, 50)], vec![]);
+        l.holdings.insert(1, 5);
+        let later = now() + chrono::Duration::seconds(30);
+        let set = |l: &mut Locked, f: &dyn Fn(&mut ProductRow)| {
+            if let Some(p) = l.product.as_mut() {
+                f(p)
+            }
+        };
+        set(&mut l, &|p| {
+            p.per_user_limit = Some(5);
+            p.window = SaleWindow::new(Some(later), None).unwrap();
+        });
+        let mut seen = Vec::new();
+        for mend in 0..5 {
+            match mend {
+                1 => set(&mut l, &|p| p.window = SaleWindow::default()),
+                2 => set(&mut l, &|p| p.stock = 10),
+                3 => set(&mut l, &|p| p.per_user_limit = None),
+                4 => set(&mut l, &|p| p.price = 90),
+                _ => {}
+            }
+            let d = decide(&mut l.clone(), &[place(1, 2, 90)], now());
+            seen.push(code(&d[0]));
+        }
+        assert_eq!(
+            seen,
+            [
+                "SALE_NOT_STARTED",
+                "OUT_OF_STOCK",
+                "PURCHASE_LIMIT_REACHED",
+                "PRICE_MISMATCH",
+                "INSUFFICIENT_POINTS"
+            ]
+        );
+        let mut ended = l.clone();
+        set(&mut ended, &|p| {
+            p.window = SaleWindow::new(None, Some(now())).unwrap()
+        });
+        let d = decide(&mut ended, &[place(1, 2, 90)], now());
+        assert_eq!(code(&d[0]), "SALE_ENDED");
     }
 }

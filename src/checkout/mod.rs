@@ -29,7 +29,8 @@ use job::{Answer, Done, Job};
 
 use crate::{
     auth::Caller,
-    catalog::ranking::Ranking,
+    catalog::{ranking::Ranking, store::CatalogStore},
+    db,
     error::AppError,
     idempotency::{self, Claim, IdempotencyKey, Outcome},
     orders::domain::OrderView,
@@ -39,6 +40,10 @@ use crate::{
 
 /// How many placed orders an instance remembers for routing their payments.
 const PLACED_REMEMBERED: u64 = 200_000;
+/// Sales starting within this are pre-warmed: their stock gate key is built beforehand.
+const PREWARM_LEAD: Duration = Duration::from_secs(60);
+/// How often upcoming sales are looked for.
+const PREWARM_EVERY: Duration = Duration::from_secs(1);
 
 /// The checkout of an instance: its per-product batches.
 #[derive(Clone)]
@@ -57,6 +62,8 @@ struct Engine {
     db: MySqlPool,
     stock: StockGate,
     ranking: Ranking,
+    /// The catalog in process: the sale window is checked here before any I/O.
+    products: CatalogStore,
     order_ttl: chrono::Duration,
 }
 
@@ -65,6 +72,7 @@ impl Checkout {
         db: MySqlPool,
         stock: StockGate,
         ranking: Ranking,
+        products: CatalogStore,
         order_ttl: Duration,
         batch_max: usize,
     ) -> anyhow::Result<Self> {
@@ -77,6 +85,7 @@ impl Checkout {
             db,
             stock,
             ranking,
+            products,
             order_ttl: chrono::Duration::from_std(order_ttl)?,
         });
         let runner = engine.clone();
@@ -87,8 +96,10 @@ impl Checkout {
         Ok(Self { engine, batcher })
     }
 
-    /// Places an order: the stock gate first (a refusal ends here), then the product's
-    /// next batch. `body` is what makes a retry with the same Idempotency-Key "the same".
+    /// Places an order: the sale window as this instance knows it, then the stock gate (a
+    /// refusal of either ends here, without MySQL), then the product's next batch, which
+    /// decides by every rule again. `body` is what makes a retry with the same
+    /// Idempotency-Key "the same".
     #[tracing::instrument(skip(self, key, body))]
     pub async fn place(
         &self,
@@ -99,19 +110,31 @@ impl Checkout {
     ) -> Result<Outcome<OrderView, ()>, AppError> {
         caller.act_for(order.user_id)?;
         let claim = key.claim(caller.scope("order"), body, axum::http::StatusCode::CREATED)?;
+        if let Some(product) = self.engine.products.get(order.product_id) {
+            if let Err(refusal) = product.window().check(db::now()) {
+                metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
+                return self.refuse(claim.as_ref(), refusal).await;
+            }
+        }
         let hold = Hold::new();
         let quantity = order.quantity.get();
-        if let Gate::Refused { available } = self
+        let refusal = match self
             .engine
             .stock
-            .reserve(order.product_id, quantity, &hold)
+            .reserve(order.product_id, order.user_id, quantity, &hold)
             .await
         {
-            metrics::counter!("orders_total", "outcome" => "OUT_OF_STOCK").increment(1);
-            let refusal = AppError::OutOfStock {
+            Gate::Refused { available } => Some(AppError::OutOfStock {
                 available,
                 requested: quantity,
-            };
+            }),
+            Gate::LimitReached { limit, held } => {
+                Some(AppError::PurchaseLimitReached { limit, held })
+            }
+            Gate::Reserved | Gate::Bypass => None,
+        };
+        if let Some(refusal) = refusal {
+            metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
             return self.refuse(claim.as_ref(), refusal).await;
         }
         let job = Job::Place { order, hold, claim };
@@ -169,6 +192,25 @@ impl Checkout {
         self.engine
             .retries
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Builds the stock gate's key of every sale starting within the next minute, every
+    /// second until the process ends, so that the first buyers of a drop find it ready
+    /// instead of waiting on a rebuild.
+    pub fn spawn_prewarm(&self) -> tokio::task::JoinHandle<()> {
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let lead = chrono::Duration::from_std(PREWARM_LEAD).unwrap_or_default();
+            let mut ticker = tokio::time::interval(PREWARM_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let upcoming = engine.products.upcoming(db::now(), lead);
+                if let Err(e) = engine.stock.prewarm(&upcoming).await {
+                    tracing::debug!(error = %e, "pre-warming upcoming sales failed; trying again");
+                }
+            }
+        })
     }
 
     /// Requests of `product_id` waiting for its next batch (operators and tests watch it).
@@ -283,7 +325,7 @@ impl Engine {
         for (job, answer) in pending.iter().map(|p| &p.job).zip(&committed.answers) {
             match (job, answer) {
                 (Job::Place { hold, order, .. }, Ok(Done::Placed(_))) => {
-                    settle.push((hold.clone(), order.quantity.get()))
+                    settle.push((hold.clone(), order.quantity.get(), order.user_id))
                 }
                 (Job::Place { hold, .. }, _) => abandon.push(hold.clone()),
                 (Job::Pay { .. }, _) => {}

@@ -18,13 +18,17 @@ use super::{
     job::{Answer, Done, Job},
 };
 use crate::{
+    catalog::domain::SaleWindow,
     db::{self, Retry},
     error::AppError,
     events::{self, Event, OrderEvent},
     idempotency::{self, Claimed, Stored},
     orders::domain::{Order, OrderStatus, OrderView, ORDER_COLUMNS},
     payments::domain::{PaymentStatus, PaymentView},
-    points::{domain::PointKind, service as points},
+    points::{
+        domain::{PointKind, Points},
+        service as points,
+    },
     stock::Hold,
 };
 
@@ -164,20 +168,38 @@ async fn once(
         .collect();
     user_ids.sort_unstable();
     user_ids.dedup();
-    let balances: Vec<(i64, i64)> = if user_ids.is_empty() {
+    let users: Vec<(i64, i64, i64)> = if user_ids.is_empty() {
         Vec::new()
     } else {
-        let mut q = QueryBuilder::new("SELECT id, balance FROM users WHERE id IN (");
+        let mut q = QueryBuilder::new("SELECT id, balance, held FROM users WHERE id IN (");
         push_ids(&mut q, &user_ids);
         q.push(") ORDER BY id FOR UPDATE");
         q.build_query_as().fetch_all(&mut *tx).await?
     };
-    // 4. The product.
-    let product: Option<(i64, i64, i64, i64)> =
-        sqlx::query_as("SELECT price, stock, reserved, sold FROM products WHERE id = ? FOR UPDATE")
-            .bind(product_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // 4. The product, and the database's clock (the sale window is judged by it).
+    let product: Option<LockedProduct> = sqlx::query_as(
+        "SELECT price, stock, reserved, sold, per_user_limit, sale_starts_at, sale_ends_at, \
+         UTC_TIMESTAMP(6) AS clock FROM products WHERE id = ? FOR UPDATE",
+    )
+    .bind(product_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // With a per-customer limit: the units each placer holds of it. Every order of the
+    // product is written under the lock just taken, so this count is exact until the
+    // commit, whichever instance places the next one.
+    let placers: Vec<i64> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Place { user_id, .. } => Some(*user_id),
+            _ => None,
+        })
+        .collect();
+    let holdings = match &product {
+        Some(p) if p.per_user_limit.is_some() && !placers.is_empty() => {
+            held_units(&mut tx, product_id, &placers).await?
+        }
+        _ => HashMap::new(),
+    };
 
     // The locks are held: a request whose client has gone since is left out now, its key
     // released (nothing of it will commit).
@@ -194,17 +216,26 @@ async fn once(
             }
         }
     }
-    let now = db::now();
+    let now = product.as_ref().map_or_else(db::now, |p| p.clock);
 
     // Every request decided on its own, in arrival order.
     let mut locked = Locked {
-        product: product.map(|(price, stock, reserved, sold)| ProductRow {
-            price,
-            stock,
-            reserved,
-            sold,
+        product: product.map(|p| ProductRow {
+            price: p.price,
+            stock: p.stock,
+            reserved: p.reserved,
+            sold: p.sold,
+            per_user_limit: p.per_user_limit,
+            window: SaleWindow {
+                starts_at: p.sale_starts_at,
+                ends_at: p.sale_ends_at,
+            },
         }),
-        balances: balances.into_iter().collect(),
+        users: users
+            .into_iter()
+            .map(|(id, balance, held)| (id, Points { balance, held }))
+            .collect(),
+        holdings,
         orders: orders
             .into_iter()
             .filter(|o| o.product_id == product_id)
@@ -212,6 +243,7 @@ async fn once(
             .collect(),
     };
     let before = locked.product;
+    let points_before = locked.users.clone();
     let decisions = decide(&mut locked, &requests, now);
 
     // Writes.
@@ -244,7 +276,8 @@ async fn once(
             .await?;
         }
     }
-    let payment_ids = write_payments(&mut tx, product_id, &paid, &locked, now).await?;
+    write_points(&mut tx, &points_before, &locked).await?;
+    let payment_ids = write_payments(&mut tx, product_id, &paid, now).await?;
     let order_ids = write_orders(&mut tx, product_id, &placed, now, now + order_ttl).await?;
 
     // Answers, and the keyed ones kept with the batch.
@@ -301,17 +334,16 @@ async fn once(
                 "a request was neither answered nor decided"
             ))),
         };
-        if claimed[i] {
-            if let Some(claim) = job.claim() {
-                stored.push((
-                    i,
-                    match &answer {
-                        Ok(Done::Placed(order)) => Stored::success(claim, &OrderView::from(order)),
-                        Ok(Done::Paid(payment)) => Stored::success(claim, payment),
-                        Ok(Done::Replayed(s)) => s.clone(),
-                        Err(e) => Stored::failure(e),
-                    },
-                ));
+        if let (true, Some(claim)) = (claimed[i], job.claim()) {
+            match &answer {
+                // An answer that says when to come back is not kept: the key stays free.
+                Err(e) if !e.is_kept() => idempotency::release(&mut tx, claim).await?,
+                Ok(Done::Placed(order)) => {
+                    stored.push((i, Stored::success(claim, &OrderView::from(order))))
+                }
+                Ok(Done::Paid(payment)) => stored.push((i, Stored::success(claim, payment))),
+                Ok(Done::Replayed(s)) => stored.push((i, s.clone())),
+                Err(e) => stored.push((i, Stored::failure(e))),
             }
         }
         final_answers.push(answer);
@@ -349,33 +381,91 @@ fn gave_up() -> Answer {
     Err(AppError::Timeout(0))
 }
 
-/// Everything a batch's accepted payments write; returns each payment's id by order id.
+/// The product row as the batch locks it, with the database's clock.
+#[derive(sqlx::FromRow)]
+struct LockedProduct {
+    price: i64,
+    stock: i64,
+    reserved: i64,
+    sold: i64,
+    per_user_limit: Option<i64>,
+    sale_starts_at: Option<NaiveDateTime>,
+    sale_ends_at: Option<NaiveDateTime>,
+    clock: NaiveDateTime,
+}
+
+/// Units each of `users` holds of the product in PENDING and PAID orders (SPEC F2).
+async fn held_units(
+    tx: &mut MySqlConnection,
+    product_id: i64,
+    users: &[i64],
+) -> Result<HashMap<i64, i64>, AppError> {
+    let mut q = QueryBuilder::new(
+        "SELECT user_id, CAST(SUM(quantity) AS SIGNED) FROM orders WHERE product_id = ",
+    );
+    q.push_bind(product_id)
+        .push(" AND status IN ('PENDING', 'PAID') AND user_id IN (");
+    push_ids(&mut q, users);
+    q.push(") GROUP BY user_id");
+    Ok(q.build_query_as::<(i64, i64)>()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Every locked user whose balance or hold the batch changed, in one statement: the
+/// placers' holds grew, the payers' balances and holds fell.
+async fn write_points(
+    tx: &mut MySqlConnection,
+    before: &HashMap<i64, Points>,
+    locked: &Locked,
+) -> Result<(), AppError> {
+    let mut changed: Vec<(i64, Points)> = locked
+        .users
+        .iter()
+        .filter(|(id, p)| before.get(id) != Some(p))
+        .map(|(id, p)| (*id, *p))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    changed.sort_unstable_by_key(|(id, _)| *id);
+    let mut update = QueryBuilder::new("UPDATE users SET balance = CASE id");
+    for (id, p) in &changed {
+        update
+            .push(" WHEN ")
+            .push_bind(*id)
+            .push(" THEN ")
+            .push_bind(p.balance);
+    }
+    update.push(" END, held = CASE id");
+    for (id, p) in &changed {
+        update
+            .push(" WHEN ")
+            .push_bind(*id)
+            .push(" THEN ")
+            .push_bind(p.held);
+    }
+    update.push(" END WHERE id IN (");
+    let ids: Vec<i64> = changed.iter().map(|(id, _)| *id).collect();
+    push_ids(&mut update, &ids);
+    update.push(")");
+    update.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Everything a batch's accepted payments write besides the balances; returns each
+/// payment's id by order id.
 async fn write_payments(
     tx: &mut MySqlConnection,
     product_id: i64,
     paid: &[Paid],
-    locked: &Locked,
     now: NaiveDateTime,
 ) -> Result<HashMap<i64, i64>, AppError> {
     if paid.is_empty() {
         return Ok(HashMap::new());
     }
-    // Balances: each payer's balance after the batch (its payments in order).
-    let mut payers: Vec<i64> = paid.iter().map(|p| p.user_id).collect();
-    payers.sort_unstable();
-    payers.dedup();
-    let mut balances = QueryBuilder::new("UPDATE users SET balance = CASE id");
-    for user in &payers {
-        balances
-            .push(" WHEN ")
-            .push_bind(*user)
-            .push(" THEN ")
-            .push_bind(locked.balances.get(user).copied().unwrap_or_default());
-    }
-    balances.push(" END WHERE id IN (");
-    push_ids(&mut balances, &payers);
-    balances.push(")");
-    balances.build().execute(&mut *tx).await?;
     let history: Vec<points::Entry> = paid
         .iter()
         .map(|p| {

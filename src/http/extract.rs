@@ -36,6 +36,17 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
+/// A body field that can be absent (leave it), `null` (clear it) or a value (set it):
+/// `#[serde(default, deserialize_with = "nullable", skip_serializing_if = "Option::is_none")]`
+/// on an `Option<Option<T>>`. Absent is `None`, `null` is `Some(None)`.
+pub fn nullable<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// `axum::Json` with problem+json rejections.
 pub struct AppJson<T>(pub T);
 

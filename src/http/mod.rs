@@ -7,11 +7,37 @@ pub mod middleware;
 pub mod pagination;
 pub mod rate_limit;
 
-pub use extract::{AppJson, AppPath, AppQuery, Id};
+pub use extract::{nullable, AppJson, AppPath, AppQuery, Id};
 
-use chrono::{NaiveDateTime, SecondsFormat};
+use chrono::NaiveDateTime;
 
 /// Serialises a stored UTC `DATETIME` as an RFC 3339 string (`2026-11-24T05:18:00.123Z`).
 pub fn utc<S: serde::Serializer>(value: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&value.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true))
+    s.serialize_str(&crate::db::rfc3339(value))
+}
+
+/// An optional UTC time as RFC 3339 or `null`, both ways (`#[serde(with = "…")]`).
+pub mod utc_opt {
+    use chrono::NaiveDateTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<NaiveDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => super::utc(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDateTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.naive_utc())
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
 }

@@ -9,7 +9,8 @@
 //!   its transaction back, claim included, and a retry runs at once;
 //! - a client error (4xx) is an answer too: the work is rolled back to a savepoint taken
 //!   after the claim, and the problem is stored and replayed like a success. A 5xx stores
-//!   nothing, so a retry runs again.
+//!   nothing, so a retry runs again; neither does a refusal that says when to come back
+//!   (`SALE_NOT_STARTED`, see [`AppError::is_kept`]).
 //!
 //! A duplicate that waits longer than the lock-wait bound gets `IDEMPOTENCY_IN_PROGRESS`.
 //! The checkout batches use [`claim`] and [`record`] directly, for many keys in one
@@ -332,7 +333,7 @@ where
     let done = work(&mut tx).await;
     let answer = match &done {
         Ok((view, _)) => Stored::success(claim, view),
-        Err(e) if e.is_client_error() => {
+        Err(e) if e.is_kept() => {
             sqlx::query("ROLLBACK TO SAVEPOINT work")
                 .execute(&mut *tx)
                 .await?;

@@ -70,7 +70,7 @@ pub struct PlaceOrderRequest {
         (status = 401, description = "UNAUTHORIZED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "FORBIDDEN: token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "USER_NOT_FOUND or PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "OUT_OF_STOCK (available, requested), PRICE_MISMATCH (current_price) or IDEMPOTENCY_IN_PROGRESS", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "SALE_NOT_STARTED (starts_at, and a Retry-After header), SALE_ENDED (ends_at), OUT_OF_STOCK (available, requested), PURCHASE_LIMIT_REACHED (limit, held), PRICE_MISMATCH (current_price), INSUFFICIENT_POINTS (balance, required, available) or IDEMPOTENCY_IN_PROGRESS; when several rules refuse, the first in this order", body = crate::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = Option<u64>, description = "SALE_NOT_STARTED: whole seconds until the sale starts"))),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn place(
     State(checkout): State<Checkout>,

@@ -2,8 +2,8 @@
 //!
 //! Lock order, shared with the checkout batches and the expiry sweeper so that no two
 //! transactions wait on each other in a circle: idempotency key → **order → payment →
-//! user → product** → the day's `daily_sales` row. A cancel takes order, product; a refund
-//! takes every one of them, in that order.
+//! user → product** → the day's `daily_sales` row. A cancel takes order, user (its points
+//! hold), product; a refund takes every one of them, in that order.
 //!
 //! After the commit, Redis follows: a cancel gives its reservation back (announcing units
 //! back to every instance); a refund re-syncs the product's counter from MySQL and takes
@@ -258,14 +258,15 @@ pub async fn lock(
         .ok_or(AppError::OrderNotFound)
 }
 
-/// Ends PENDING orders without payment and gives their units back to available stock.
-/// The caller holds the orders' row locks and has checked that they are PENDING, so the
-/// units return exactly once however many cancels and sweeps race.
+/// Ends PENDING orders without payment: their units go back to available stock and their
+/// points holds back to their users (SPEC F1). The caller holds the orders' row locks and
+/// has checked that they are PENDING, so units and points return exactly once however
+/// many cancels and sweeps race.
 ///
-/// The products are locked (in id order) *before* the orders change: an order's status is
-/// in the index that backs its product foreign key, so changing it makes InnoDB check the
-/// key with a shared lock on the product row; two releases holding that shared lock and
-/// both wanting the exclusive one would deadlock.
+/// Users, then products, are locked (each in id order) *before* the orders change: an
+/// order's status is in the index that backs its product foreign key, so changing it makes
+/// InnoDB check the key with a shared lock on the product row; two releases holding that
+/// shared lock and both wanting the exclusive one would deadlock.
 pub async fn release(
     tx: &mut MySqlConnection,
     orders: &[Order],
@@ -276,9 +277,18 @@ pub async fn release(
     }
     let now = db::now();
     let mut units: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    let mut holds: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
     for order in orders {
         *units.entry(order.product_id).or_default() += order.quantity;
+        *holds.entry(order.user_id).or_default() += order.total_amount;
     }
+    let mut lock = sqlx::QueryBuilder::new("SELECT id FROM users WHERE id IN (");
+    let mut ids = lock.separated(", ");
+    for id in holds.keys() {
+        ids.push_bind(*id);
+    }
+    lock.push(") ORDER BY id FOR UPDATE");
+    lock.build().fetch_all(&mut *tx).await?;
     let mut lock = sqlx::QueryBuilder::new("SELECT id FROM products WHERE id IN (");
     let mut ids = lock.separated(", ");
     for id in units.keys() {
@@ -298,6 +308,22 @@ pub async fn release(
     }
     update.push(")");
     update.build().execute(&mut *tx).await?;
+    // A hold never exceeds what is held (orders older than holds held nothing).
+    let mut points = sqlx::QueryBuilder::new("UPDATE users SET held = GREATEST(held - CASE id");
+    for (user, total) in &holds {
+        points
+            .push(" WHEN ")
+            .push_bind(*user)
+            .push(" THEN ")
+            .push_bind(*total);
+    }
+    points.push(" END, 0) WHERE id IN (");
+    let mut ids = points.separated(", ");
+    for id in holds.keys() {
+        ids.push_bind(*id);
+    }
+    points.push(")");
+    points.build().execute(&mut *tx).await?;
     for (product_id, quantity) in units {
         sqlx::query("UPDATE products SET reserved = reserved - ?, updated_at = ? WHERE id = ?")
             .bind(quantity)

@@ -67,16 +67,64 @@ impl Balance {
             }),
         }
     }
+}
 
-    /// The balance after paying `total`, unless the balance does not cover it.
-    pub fn pay(self, total: i64) -> Result<Balance, AppError> {
-        if total > self.0 {
+/// A user's points as a transaction has them locked: the balance, and the part of it the
+/// user's PENDING orders hold (SPEC F1). What a new order may use is the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Points {
+    pub balance: i64,
+    /// Σ `total_amount` of the user's PENDING orders.
+    pub held: i64,
+}
+
+impl Points {
+    /// The points no PENDING order holds.
+    pub fn available(self) -> i64 {
+        self.balance - self.held
+    }
+
+    /// Holds `total` for a new order, unless the available points do not cover it.
+    pub fn hold(self, total: i64) -> Result<Points, AppError> {
+        if total > self.available() {
             return Err(AppError::InsufficientPoints {
-                balance: self.0,
+                balance: self.balance,
                 required: total,
+                available: self.available(),
             });
         }
-        Ok(Balance(self.0 - total))
+        Ok(Points {
+            held: self.held + total,
+            ..self
+        })
+    }
+
+    /// Pays an order of `total` that holds it: the hold becomes the deduction, unless the
+    /// balance does not cover it (Y5: only an order placed before holds existed can get
+    /// there). `available` in the refusal is what this order could draw on: the balance
+    /// less the holds of the user's other orders.
+    pub fn pay(self, total: i64) -> Result<Points, AppError> {
+        // A hold never exceeds what is held in all; orders older than holds held nothing.
+        let others = (self.held - total).max(0);
+        if total > self.balance {
+            return Err(AppError::InsufficientPoints {
+                balance: self.balance,
+                required: total,
+                available: self.balance - others,
+            });
+        }
+        Ok(Points {
+            balance: self.balance - total,
+            held: others,
+        })
+    }
+
+    /// Gives back an order's hold (cancelled or expired).
+    pub fn release(self, total: i64) -> Points {
+        Points {
+            held: (self.held - total).max(0),
+            ..self
+        }
     }
 }
 
@@ -189,11 +237,54 @@ mod tests {
     }
 
     #[test]
+    fn an_order_holds_what_it_costs_and_only_what_is_available() {
+        let p = Points {
+            balance: 300,
+            held: 0,
+        };
+        let p = p.hold(200).unwrap();
+        assert_eq!((p.balance, p.held, p.available()), (300, 200, 100));
+        match p.hold(200).unwrap_err() {
+            AppError::InsufficientPoints {
+                balance,
+                required,
+                available,
+            } => assert_eq!((balance, required, available), (300, 200, 100)),
+            other => panic!("{other:?}"),
+        }
+        let p = p.release(200);
+        assert_eq!(p.available(), 300);
+    }
+
+    #[test]
+    fn paying_turns_the_hold_into_the_deduction() {
+        let p = Points {
+            balance: 300,
+            held: 250,
+        };
+        let paid = p.pay(200).unwrap();
+        assert_eq!((paid.balance, paid.held, paid.available()), (100, 50, 50));
+        assert_eq!(p.available(), paid.available());
+    }
+
+    #[test]
     fn paying_needs_enough_points() {
-        assert_eq!(Balance::new(100).pay(100).unwrap().get(), 0);
+        let p = Points {
+            balance: 99,
+            held: 0,
+        };
+        assert_eq!(code(p.pay(100).unwrap_err()), "INSUFFICIENT_POINTS");
         assert_eq!(
-            code(Balance::new(99).pay(100).unwrap_err()),
-            "INSUFFICIENT_POINTS"
+            Points {
+                balance: 100,
+                held: 100
+            }
+            .pay(100)
+            .unwrap(),
+            Points {
+                balance: 0,
+                held: 0
+            }
         );
     }
 }

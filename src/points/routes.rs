@@ -25,7 +25,12 @@ use crate::{
 #[derive(OpenApi)]
 #[openapi(
     paths(balance, charge, history),
-    components(schemas(ChargeRequest, service::PointsView, service::HistoryRow))
+    components(schemas(
+        ChargeRequest,
+        service::PointsView,
+        service::BalanceView,
+        service::HistoryRow
+    ))
 )]
 pub struct Api;
 
@@ -43,7 +48,7 @@ where
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/points", tag = "points", security(("bearer" = [])),
     params(("user_id" = i64, Path, minimum = 1)),
-    responses((status = 200, body = service::PointsView),
+    responses((status = 200, body = service::BalanceView),
         (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "token of another user", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -52,7 +57,7 @@ async fn balance(
     State(db): State<MySqlPool>,
     caller: Caller,
     AppPath(user_id): AppPath<Id>,
-) -> Result<Json<service::PointsView>, AppError> {
+) -> Result<Json<service::BalanceView>, AppError> {
     Ok(Json(service::balance(&db, caller, user_id.get()).await?))
 }
 

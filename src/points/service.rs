@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
-use super::domain::{Amount, Balance, PointKind, MAX_BALANCE};
+use super::domain::{Amount, Balance, PointKind, Points, MAX_BALANCE};
 use crate::{
     auth::Caller,
     db,
@@ -13,10 +13,21 @@ use crate::{
     idempotency::{self, Claim, Outcome},
 };
 
+/// A charge's answer: the balance after it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PointsView {
     pub user_id: i64,
     pub balance: i64,
+}
+
+/// A user's points: the balance, what PENDING orders hold of it, and the rest, which new
+/// orders may use (SPEC F1).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BalanceView {
+    pub user_id: i64,
+    pub balance: i64,
+    pub held: i64,
+    pub available: i64,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -37,14 +48,20 @@ pub async fn balance(
     pool: &MySqlPool,
     caller: Caller,
     user_id: i64,
-) -> Result<PointsView, AppError> {
+) -> Result<BalanceView, AppError> {
     caller.act_for(user_id)?;
-    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+    let row: Option<(i64, i64)> = sqlx::query_as("SELECT balance, held FROM users WHERE id = ?")
         .bind(user_id)
         .fetch_optional(pool)
         .await?;
-    let balance = balance.ok_or(AppError::UserNotFound)?;
-    Ok(PointsView { user_id, balance })
+    let (balance, held) = row.ok_or(AppError::UserNotFound)?;
+    let points = Points { balance, held };
+    Ok(BalanceView {
+        user_id,
+        balance,
+        held,
+        available: points.available(),
+    })
 }
 
 #[tracing::instrument(skip(pool, claim))]

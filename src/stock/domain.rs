@@ -37,24 +37,33 @@ pub enum Gate {
     Reserved,
     /// Not enough available: refused without touching MySQL.
     Refused { available: i64 },
+    /// The buyer already holds `held` units and the product allows `limit` per customer:
+    /// refused without touching MySQL.
+    LimitReached { limit: i64, held: i64 },
     /// Redis cannot decide (off, down, or the key is being rebuilt): MySQL decides alone,
     /// under the product's row lock, exactly as without Redis.
     Bypass,
 }
 
-/// The reservation script's reply `{status, avail}`.
+/// The reservation script's reply: `{1, avail}`, `{0, avail}`, `{2, held, limit}` or
+/// `{-1, 0}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReserveReply {
     Reserved,
     Refused { available: i64 },
+    LimitReached { limit: i64, held: i64 },
     Missing,
 }
 
 impl ReserveReply {
-    pub fn parse((status, avail): (i64, i64)) -> Self {
-        match status {
-            1 => Self::Reserved,
-            0 => Self::Refused { available: avail },
+    pub fn parse(reply: Vec<i64>) -> Self {
+        match reply.as_slice() {
+            [1, ..] => Self::Reserved,
+            [0, avail, ..] => Self::Refused { available: *avail },
+            [2, held, limit, ..] => Self::LimitReached {
+                limit: *limit,
+                held: *held,
+            },
             _ => Self::Missing,
         }
     }
@@ -150,12 +159,17 @@ mod tests {
 
     #[test]
     fn reserve_replies_map_to_outcomes() {
-        assert_eq!(ReserveReply::parse((1, 4)), ReserveReply::Reserved);
+        assert_eq!(ReserveReply::parse(vec![1, 4]), ReserveReply::Reserved);
         assert_eq!(
-            ReserveReply::parse((0, 2)),
+            ReserveReply::parse(vec![0, 2]),
             ReserveReply::Refused { available: 2 }
         );
-        assert_eq!(ReserveReply::parse((-1, 0)), ReserveReply::Missing);
+        assert_eq!(
+            ReserveReply::parse(vec![2, 1, 1]),
+            ReserveReply::LimitReached { limit: 1, held: 1 }
+        );
+        assert_eq!(ReserveReply::parse(vec![-1, 0]), ReserveReply::Missing);
+        assert_eq!(ReserveReply::parse(vec![]), ReserveReply::Missing);
     }
 
     #[test]

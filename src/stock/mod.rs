@@ -7,9 +7,11 @@
 //! MySQL stays the record: an order is written under the product's row lock, a payment's
 //! stock check still decides, and Redis is rebuilt from MySQL whenever it lost a key. Every
 //! product lives in one hash, `<prefix>{p<id>}`: `avail` (MySQL stock − reserved −
-//! in-flight), `sold`, `r:<hold>` = `"q:deadline_ms"` for reservations whose order is being
-//! written, `h:<hold>` = `q` for PENDING orders, and short-lived tombstones `x:<hold>` for
-//! reservations that ended before they were settled.
+//! in-flight), `sold`, `r:<hold>` = `"q:deadline_ms:user"` for reservations whose order is
+//! being written, `h:<hold>` = `"q:user"` for PENDING orders, and short-lived tombstones
+//! `x:<hold>` for reservations that ended before they were settled. A product with a
+//! per-customer limit (SPEC F2) also has `limit` and `u:<user>` = the units the user holds
+//! (PENDING, PAID, in flight), checked and counted by the same script that takes the units.
 //!
 //! The order of a placement: reserve in Redis (refusal ends here) → write the order in
 //! MySQL with its hold token → settle the reservation (or give it back if MySQL refused).
@@ -72,6 +74,8 @@ pub struct StockGate {
     /// Products whose Redis bookkeeping failed, to re-sync from MySQL, with the holds whose
     /// end (paid, cancelled, expired, refused) Redis may not have heard of.
     dirty: Arc<Mutex<Dirty>>,
+    /// Keys this instance rebuilt because a buyer found them missing.
+    rebuilt: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StockGate {
@@ -106,7 +110,37 @@ impl StockGate {
                     .build()
             }),
             dirty: Arc::default(),
+            rebuilt: Arc::default(),
         }
+    }
+
+    /// How many keys this instance rebuilt for a buyer who found them missing, since start.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilt.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Builds the keys of `ids` that Redis lacks (sales about to start), so that no buyer
+    /// waits on a rebuild; returns how many were built.
+    pub async fn prewarm(&self, ids: &[i64]) -> Result<usize, AppError> {
+        if !self.enabled || ids.is_empty() {
+            return Ok(0);
+        }
+        let redis = self.redis.background();
+        let mut missing = Vec::new();
+        for id in ids {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(self.product_key(*id));
+            if redis.cmd::<i64>(&exists).await? == 0 {
+                missing.push(*id);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let built = self.sync(&missing).await?;
+        metrics::counter!("stock_prewarms_total").increment(built as u64);
+        tracing::info!(products = ?missing, "pre-warmed the stock gate of upcoming sales");
+        Ok(built)
     }
 
     pub fn enabled(&self) -> bool {
@@ -128,8 +162,8 @@ impl StockGate {
         self.redis.key(&domain::product_tag(product_id))
     }
 
-    /// Tries to take `quantity` units for `hold`.
-    pub async fn reserve(&self, product_id: i64, quantity: i64, hold: &Hold) -> Gate {
+    /// Tries to take `quantity` units for `hold`, ordered by `user_id`.
+    pub async fn reserve(&self, product_id: i64, user_id: i64, quantity: i64, hold: &Hold) -> Gate {
         if !self.enabled {
             return Gate::Bypass;
         }
@@ -141,13 +175,14 @@ impl StockGate {
         for attempt in 0..2 {
             let reply = self
                 .redis
-                .script::<(i64, i64)>(
+                .script::<Vec<i64>>(
                     self.scripts
                         .reserve
                         .key(self.product_key(product_id))
                         .arg(hold.as_str())
                         .arg(quantity)
-                        .arg(self.hold_window.as_millis() as u64),
+                        .arg(self.hold_window.as_millis() as u64)
+                        .arg(user_id),
                 )
                 .await
                 .map(ReserveReply::parse);
@@ -166,6 +201,9 @@ impl StockGate {
                         "sold_out",
                     );
                 }
+                Ok(ReserveReply::LimitReached { limit, held }) => {
+                    return outcome(Gate::LimitReached { limit, held }, "limit_reached");
+                }
                 Ok(ReserveReply::Missing) => {
                     if attempt == 0 && self.rebuild(product_id).await.is_ok() {
                         continue;
@@ -183,14 +221,15 @@ impl StockGate {
         outcome(Gate::Bypass, "mysql_fallback")
     }
 
-    /// After orders committed as PENDING: their reservations are now held by them.
-    pub async fn settle(&self, product_id: i64, holds: &[(Hold, i64)]) {
+    /// After orders committed as PENDING: their reservations (hold, units, user) are now
+    /// held by them.
+    pub async fn settle(&self, product_id: i64, holds: &[(Hold, i64, i64)]) {
         if !self.enabled || holds.is_empty() {
             return;
         }
         let mut call = self.scripts.settle.key(self.product_key(product_id));
-        for (hold, quantity) in holds {
-            call.arg(hold.as_str()).arg(*quantity);
+        for (hold, quantity, user) in holds {
+            call.arg(hold.as_str()).arg(*quantity).arg(*user);
         }
         match self.redis.script::<(i64, i64)>(&call).await {
             // Units taken now that Redis had not reserved: a negative count means Redis
@@ -373,6 +412,8 @@ impl StockGate {
             .try_get_with(product_id, async {
                 self.sync(&[product_id]).await?;
                 metrics::counter!("stock_rebuilds_total").increment(1);
+                self.rebuilt
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok::<_, AppError>(())
             })
             .await
@@ -414,38 +455,70 @@ impl StockGate {
         ids: &[i64],
         ended: &Dirty,
     ) -> Result<(usize, Vec<i64>), AppError> {
-        let mut products =
-            QueryBuilder::new("SELECT id, stock - reserved, sold FROM products WHERE id IN (");
+        let mut products = QueryBuilder::new(
+            "SELECT id, stock - reserved, sold, per_user_limit FROM products WHERE id IN (",
+        );
         push_ids(&mut products, ids);
         products.push(") ORDER BY id LOCK IN SHARE MODE");
-        let products: Vec<(i64, i64, i64)> = products.build_query_as().fetch_all(&mut *tx).await?;
+        let products: Vec<(i64, i64, i64, Option<i64>)> =
+            products.build_query_as().fetch_all(&mut *tx).await?;
         if products.is_empty() {
             return Ok((0, Vec::new()));
         }
         let mut pending = QueryBuilder::new(
-            "SELECT product_id, hold, quantity FROM orders WHERE status = 'PENDING' AND product_id IN (",
+            "SELECT product_id, hold, quantity, user_id FROM orders WHERE status = 'PENDING' AND product_id IN (",
         );
         push_ids(&mut pending, ids);
         pending.push(")");
-        let rows: Vec<(i64, String, i64)> = pending.build_query_as().fetch_all(&mut *tx).await?;
-        let mut by_product: HashMap<i64, Vec<(String, i64)>> = HashMap::new();
-        for (product_id, hold, quantity) in rows {
+        let rows: Vec<(i64, String, i64, i64)> =
+            pending.build_query_as().fetch_all(&mut *tx).await?;
+        let mut by_product: HashMap<i64, Vec<(String, i64, i64)>> = HashMap::new();
+        for (product_id, hold, quantity, user) in rows {
             by_product
                 .entry(product_id)
                 .or_default()
-                .push((hold, quantity));
+                .push((hold, quantity, user));
+        }
+        // Under a per-customer limit the PAID units count too, per user.
+        let limited: Vec<i64> = products
+            .iter()
+            .filter(|p| p.3.is_some())
+            .map(|p| p.0)
+            .collect();
+        let mut paid: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        if !limited.is_empty() {
+            let mut q = QueryBuilder::new(
+                "SELECT product_id, user_id, CAST(SUM(quantity) AS SIGNED) FROM orders \
+                 WHERE status = 'PAID' AND product_id IN (",
+            );
+            push_ids(&mut q, &limited);
+            q.push(") GROUP BY product_id, user_id");
+            let rows: Vec<(i64, i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            for (product_id, user, units) in rows {
+                paid.entry(product_id).or_default().push((user, units));
+            }
         }
         let calls: Vec<_> = products
             .iter()
-            .map(|(id, avail, sold)| {
+            .map(|(id, avail, sold, limit)| {
                 let mut call = self.scripts.sync.key(self.product_key(*id));
                 let ended = ended.get(id).map(Vec::as_slice).unwrap_or_default();
-                call.arg(avail).arg(sold).arg(ended.len());
+                let pending = by_product.get(id).map(Vec::as_slice).unwrap_or_default();
+                call.arg(avail)
+                    .arg(sold)
+                    .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+                    .arg(ended.len());
                 for hold in ended {
                     call.arg(hold);
                 }
-                for (hold, quantity) in by_product.get(id).into_iter().flatten() {
-                    call.arg(hold).arg(quantity);
+                call.arg(pending.len());
+                for (hold, quantity, user) in pending {
+                    call.arg(hold).arg(quantity).arg(user);
+                }
+                if limit.is_some() {
+                    for (user, units) in paid.get(id).into_iter().flatten() {
+                        call.arg(user).arg(units);
+                    }
                 }
                 call
             })

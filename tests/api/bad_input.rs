@@ -205,7 +205,8 @@ async fn admin_patch_sets_available_stock_and_keeps_reservations() {
         .await;
     assert_eq!(
         r.assert_status(200),
-        &json!({"id": id, "name": "mug", "price": 250, "stock": 3, "sold": 0})
+        &json!({"id": id, "name": "mug", "price": 250, "stock": 3, "sold": 0,
+            "per_user_limit": null, "sale_starts_at": null, "sale_ends_at": null})
     );
     assert_eq!(app.product_row(id).await, (3, 7, 4, 0));
 }

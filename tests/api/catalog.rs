@@ -53,7 +53,8 @@ async fn a_product_detail_shows_available_stock_and_sold() {
     let r = app.get(&format!("/v1/products/{id}"), None).await;
     assert_eq!(
         r.assert_status(200),
-        &json!({"id": id, "name": "thing", "price": 1200, "stock": 50, "sold": 0})
+        &json!({"id": id, "name": "thing", "price": 1200, "stock": 50, "sold": 0,
+            "per_user_limit": null, "sale_starts_at": null, "sale_ends_at": null})
     );
     app.get("/v1/products/424242", None)
         .await

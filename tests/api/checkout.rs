@@ -17,6 +17,7 @@ use sqlx::{MySql, Transaction};
 
 use crate::helpers::{
     hold_row, spawn_sharing, spawn_with, statements_running, Reply, ServiceProcess, TestApp,
+    BATCH_PRODUCT_LOCK,
 };
 
 /// Holds `product`'s row lock until the transaction ends: every batch of it waits.
@@ -28,7 +29,7 @@ async fn hold_product(app: &TestApp, product: i64) -> Transaction<'static, MySql
 /// read shows in the process list).
 async fn until_in_flight(app: &TestApp) {
     let start = Instant::now();
-    while statements_running(app, "SELECT price, stock, reserved, sold FROM products").await == 0 {
+    while statements_running(app, BATCH_PRODUCT_LOCK).await == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "no batch in flight"
@@ -104,7 +105,7 @@ async fn stock_adds_up(app: &TestApp, product: i64, given: i64) {
 }
 
 #[tokio::test]
-async fn a_thousand_payments_on_one_product_where_a_tenth_are_short_of_points() {
+async fn a_thousand_buyers_on_one_product_where_a_tenth_are_short_of_points() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let product = app.create_product(100, 1_000).await;
     let buyers = app.bulk_buyers(1_000, 1_000).await;
@@ -122,32 +123,33 @@ async fn a_thousand_payments_on_one_product_where_a_tenth_are_short_of_points() 
             .await
             .unwrap();
     }
-    let orders: Vec<i64> = join_all(
+    // The short ones are refused when they order (F1), reserving nothing.
+    let placed = join_all(
         buyers
             .iter()
             .map(|(user, token)| app.order(*user, token, product, 1, 100)),
     )
-    .await
-    .iter()
-    .map(order_id)
-    .collect();
-    let replies = join_all(
-        buyers
-            .iter()
-            .zip(&orders)
-            .map(|((_, token), id)| app.pay(token, *id)),
-    )
     .await;
-    for ((user, _), r) in buyers.iter().zip(&replies) {
+    let mut orders = Vec::new();
+    for ((user, token), r) in buyers.iter().zip(&placed) {
         if short.contains(user) {
             r.assert_problem(409, "INSUFFICIENT_POINTS");
             assert_eq!(
-                (r.body["balance"].as_i64(), r.body["required"].as_i64()),
-                (Some(50), Some(100))
+                (
+                    r.body["balance"].as_i64(),
+                    r.body["required"].as_i64(),
+                    r.body["available"].as_i64()
+                ),
+                (Some(50), Some(100), Some(50))
             );
         } else {
-            assert_eq!(r.assert_status(201)["balance_after"], 900);
+            orders.push((token, order_id(r)));
         }
+    }
+    assert_eq!(app.product_row(product).await.2, 900, "reserved");
+    let replies = join_all(orders.iter().map(|(token, id)| app.pay(token, *id))).await;
+    for r in &replies {
+        assert_eq!(r.assert_status(201)["balance_after"], 900);
     }
     let paid = app
         .count(&format!(
@@ -167,53 +169,65 @@ async fn a_thousand_payments_on_one_product_where_a_tenth_are_short_of_points() 
 }
 
 #[tokio::test]
-async fn one_users_payments_in_one_batch_are_checked_against_one_balance() {
+async fn one_users_orders_in_one_batch_hold_points_together() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let product = app.create_product(100, 10).await;
     let (user, token) = app.funded_user(250).await;
     let (other, other_token) = app.funded_user(1_000).await;
-    let mine: Vec<i64> = join_all((0..3).map(|_| app.order(user, &token, product, 1, 100)))
+    let order = json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
+    // The gate's key exists before the lock (building it would wait on the lock too).
+    app.order(other, &other_token, product, 1, 100)
         .await
-        .iter()
-        .map(order_id)
-        .collect();
-    let blocker = order_id(&app.order(other, &other_token, product, 1, 100).await);
+        .assert_status(201);
 
     let lock = hold_product(&app, product).await;
     let in_flight = send(
         &app,
-        "/v1/payments",
+        "/v1/orders",
         &other_token,
-        json!({"order_id": blocker}),
+        json!({"user_id": other, "product_id": product, "quantity": 1, "price": 100}),
         None,
     );
     until_in_flight(&app).await;
-    let pays: Vec<_> = mine
-        .iter()
-        .map(|id| send(&app, "/v1/payments", &token, json!({"order_id": id}), None))
+    let placing: Vec<_> = (0..3)
+        .map(|_| send(&app, "/v1/orders", &token, order.clone(), None))
         .collect();
     until_queued(&app, product, 3).await; // all three wait for one next batch
     lock.rollback().await.unwrap();
     in_flight.await.unwrap().assert_status(201);
-    let replies: Vec<Reply> = join_all(pays)
+    let replies: Vec<Reply> = join_all(placing)
         .await
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let paid: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
+    let placed: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status != 201).collect();
-    assert_eq!((paid.len(), refused.len()), (2, 1), "{replies:?}");
+    assert_eq!((placed.len(), refused.len()), (2, 1), "{replies:?}");
     refused[0].assert_problem(409, "INSUFFICIENT_POINTS");
-    assert_eq!(refused[0].body["balance"], 50);
-    let mut after: Vec<i64> = paid
-        .iter()
-        .map(|r| r.body["balance_after"].as_i64().unwrap())
-        .collect();
-    after.sort();
-    assert_eq!(after, [50, 150], "each payment saw the one before it");
+    assert_eq!(
+        (
+            &refused[0].body["balance"],
+            &refused[0].body["required"],
+            &refused[0].body["available"]
+        ),
+        (&json!(250), &json!(100), &json!(50)),
+        "the third saw the two before it"
+    );
+    let points = app
+        .get(&format!("/v1/users/{user}/points"), Some(&token))
+        .await;
+    assert_eq!(
+        points.assert_status(200),
+        &json!({"user_id": user, "balance": 250, "held": 200, "available": 50})
+    );
+    // Both placed orders are payable: the held points are theirs.
+    for r in placed {
+        app.pay(&token, order_id(r)).await.assert_status(201);
+    }
     assert_eq!(app.balance(user).await, 50);
     all_points_conserved(&app).await;
     stock_adds_up(&app, product, 10).await;
+    app.assert_redis_matches_mysql(product).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_with, until_running, Reply};
+use crate::helpers::{spawn_app, spawn_with, until_running, Reply, BATCH_PRODUCT_LOCK};
 
 #[tokio::test]
 async fn two_hundred_concurrent_charges_lose_nothing() {
@@ -175,7 +175,7 @@ async fn batches_whose_users_arrive_in_opposite_orders_never_deadlock() {
         tokio::spawn(async move { Reply::read(req.send().await.unwrap()).await })
     };
     let blockers = [pay(&tc, cx), pay(&td, cy)];
-    until_running(&app, "SELECT price, stock, reserved, sold FROM products", 2).await;
+    until_running(&app, BATCH_PRODUCT_LOCK, 2).await;
     // X's next batch: A then B. Y's next batch: B then A.
     let mut replies = Vec::new();
     for (token, id, product, queued) in [

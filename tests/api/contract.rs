@@ -131,14 +131,11 @@ async fn problems_carry_their_numbers_as_members() {
         "PRICE_MISMATCH",
         &[("current_price", 100)],
     );
-    let order = app.order(user, &token, product, 2, 100).await.body["order_id"]
-        .as_i64()
-        .unwrap();
     assert_members(
-        &app.pay(&token, order).await,
+        &app.order(user, &token, product, 2, 100).await,
         409,
         "INSUFFICIENT_POINTS",
-        &[("balance", 150), ("required", 200)],
+        &[("balance", 150), ("required", 200), ("available", 150)],
     );
     assert_members(
         &app.charge(user, &token, 999_900).await,
@@ -223,25 +220,19 @@ async fn a_replayed_problem_carries_the_request_id_of_the_request_it_answers() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(100).await;
     let product = app.create_product(100, 10).await;
-    let order = app.order(user, &token, product, 2, 100).await.body["order_id"].clone();
+    let order = json!({"user_id": user, "product_id": product, "quantity": 2, "price": 100});
     let first = app
-        .post_with_key(
-            "/v1/payments",
-            Some(&token),
-            json!({"order_id": order}),
-            Some("p"),
-        )
+        .post_with_key("/v1/orders", Some(&token), order.clone(), Some("o"))
         .await;
+    // Points now cover it: only a replay can still answer the refusal.
+    app.charge(user, &token, 100).await.assert_status(200);
     let again = app
-        .post_with_key(
-            "/v1/payments",
-            Some(&token),
-            json!({"order_id": order}),
-            Some("p"),
-        )
+        .post_with_key("/v1/orders", Some(&token), order, Some("o"))
         .await;
     first.assert_problem(409, "INSUFFICIENT_POINTS");
     again.assert_problem(409, "INSUFFICIENT_POINTS"); // asserts request_id == its header
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert!(first.headers.get("idempotent-replayed").is_none());
     assert_ne!(first.body["request_id"], again.body["request_id"]);
     assert_eq!(
         crate::helpers::without_request_id(&first.body),

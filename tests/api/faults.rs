@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::{
     helpers::{
         free_port, hold_row, spawn_app, spawn_behind_proxy, spawn_with, statements_running,
-        until_running, Reply, ServiceProcess, TestApp, JWT_SECRET,
+        until_running, Reply, ServiceProcess, TestApp, BATCH_PRODUCT_LOCK, BATCH_USER_LOCK,
+        JWT_SECRET,
     },
     proxy::{Mode, Proxy},
 };
@@ -47,7 +48,7 @@ async fn a_retry_after_kill_9_mid_payment_finishes_at_once() {
     };
     let in_flight = tokio::spawn(pay(binary.base.clone()));
     let start = Instant::now();
-    while statements_running(&app, "SELECT id, balance FROM users").await == 0 {
+    while statements_running(&app, BATCH_USER_LOCK).await == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the payment never blocked"
@@ -103,7 +104,7 @@ async fn an_order_held_up_past_the_reservation_window_answers_what_committed() {
         }
     });
     let start = Instant::now();
-    while statements_running(&app, "SELECT price, stock, reserved, sold FROM products").await == 0 {
+    while statements_running(&app, BATCH_PRODUCT_LOCK).await == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the placement never blocked"
@@ -168,7 +169,7 @@ async fn a_paid_order_whose_settle_and_release_were_both_lost_is_not_counted_in_
     // fails and the reservation stays "in flight" in Redis.
     let lock = hold_row(&app, "products", product).await;
     let (placed, ()) = tokio::join!(app.order(user, &token, product, 1, 100), async {
-        until_running(&app, "SELECT price, stock, reserved, sold FROM products", 1).await;
+        until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
         proxy.set(Mode::Refuse).await;
         lock.rollback().await.unwrap();
     });
@@ -211,7 +212,7 @@ async fn a_detail_never_shows_negative_stock_and_the_drift_is_repaired() {
     let lock = hold_row(&app, "products", product).await;
     app.state
         .stock
-        .settle(product, &[(commerce_api::stock::Hold::new(), 3)])
+        .settle(product, &[(commerce_api::stock::Hold::new(), 3, 1)])
         .await;
     assert_eq!(app.redis_stock(product).await.0, Some(-2));
     let detail = app.get(&format!("/v1/products/{product}"), None).await;

@@ -170,6 +170,12 @@ async fn start(config: Config) -> TestApp {
     }
 }
 
+/// The start of a checkout batch's locking read of its product (one waiting on the row
+/// lock shows in the process list).
+pub const BATCH_PRODUCT_LOCK: &str = "SELECT price, stock, reserved, sold, per_user_limit";
+/// The start of a checkout batch's locking read of its users.
+pub const BATCH_USER_LOCK: &str = "SELECT id, balance, held FROM users";
+
 /// How many statements of this app's database that start with `sql` are running now (one
 /// waiting on a row lock shows here): the barrier for "the request is now blocked".
 pub async fn statements_running(app: &TestApp, sql: &str) -> i64 {
@@ -379,6 +385,16 @@ impl TestApp {
             .to_string()
     }
 
+    /// Forgets the points `user_id`'s PENDING orders hold, as if they had been placed
+    /// before orders held points (SPEC F1): only such orders can still meet Y5 at payment.
+    pub async fn as_if_placed_before_holds(&self, user_id: i64) {
+        sqlx::query("UPDATE users SET held = 0 WHERE id = ?")
+            .bind(user_id)
+            .execute(&self.db)
+            .await
+            .expect("held");
+    }
+
     pub async fn balance(&self, user_id: i64) -> i64 {
         sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
             .bind(user_id)
@@ -557,7 +573,9 @@ pub async fn until_running(app: &TestApp, sql: &str, n: i64) {
 /// 4. the lock goes, and all of them finish.
 ///
 /// Returns the cancels' replies in `orders`' order. The app must sweep often; the orders
-/// are given one expiry a second from now, so the sweeper claims them in one go.
+/// are given one expiry a second from now, so the sweeper claims them in one go. Each
+/// order must be another user's: a cancel holds its user's row (the points hold) while it
+/// waits on the product, and the sweeper must get past the users of its own orders.
 pub async fn cancels_racing_the_sweeper(
     app: &TestApp,
     product: i64,

@@ -73,28 +73,21 @@ async fn a_refusal_is_replayed_too() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(100).await;
     let product = app.create_product(100, 10).await;
-    let order = app.order(user, &token, product, 2, 100).await.body["order_id"].clone();
+    let order = json!({"user_id": user, "product_id": product, "quantity": 2, "price": 100});
     let first = app
-        .post_with_key(
-            "/v1/payments",
-            Some(&token),
-            json!({"order_id": order}),
-            Some("p"),
-        )
+        .post_with_key("/v1/orders", Some(&token), order.clone(), Some("o"))
         .await;
     first.assert_problem(409, "INSUFFICIENT_POINTS");
     app.charge(user, &token, 100).await.assert_status(200);
     // Same key: the stored answer, not a new attempt.
     let again = app
-        .post_with_key(
-            "/v1/payments",
-            Some(&token),
-            json!({"order_id": order}),
-            Some("p"),
-        )
+        .post_with_key("/v1/orders", Some(&token), order, Some("o"))
         .await;
     again.assert_problem(409, "INSUFFICIENT_POINTS");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(app.balance(user).await, 200);
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.product_row(product).await.0, 10);
 }
 
 #[tokio::test]

@@ -155,15 +155,19 @@ async fn cancel_and_expiry_racing_return_stock_exactly_once() {
         c.db_max_connections = 40; // every racing cancel holds a connection while it waits
     })
     .await;
-    let (user, token) = app.funded_user(0).await;
     let product = app.create_product(1, 1000).await;
     let mut orders = Vec::new();
-    for _ in 0..20 {
+    for (user, token) in app.bulk_buyers(20, 3).await {
         let id = app.order(user, &token, product, 3, 1).await.body["order_id"]
             .as_i64()
             .unwrap();
         orders.push((token.clone(), id));
     }
+    assert_eq!(
+        app.count("SELECT CAST(SUM(held) AS SIGNED) FROM users")
+            .await,
+        60
+    );
     let replies = cancels_racing_the_sweeper(&app, product, &orders).await;
     // The cancels that held their orders first won; the others lost to the sweeper.
     for r in &replies[..10] {
@@ -182,6 +186,16 @@ async fn cancel_and_expiry_racing_return_stock_exactly_once() {
             .await,
         10
     );
-    // Every unit came back, and only once.
+    // Every unit came back, and only once; so did every held point.
     assert_eq!(app.product_row(product).await, (1000, 1000, 0, 0));
+    assert_eq!(
+        app.count("SELECT CAST(SUM(held) AS SIGNED) FROM users")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("SELECT CAST(SUM(balance) AS SIGNED) FROM users")
+            .await,
+        60
+    );
 }

@@ -68,17 +68,30 @@ async fn y1_to_y4_paying_deducts_points_and_stock_adds_sold_and_records_everythi
 #[tokio::test]
 async fn y5_insufficient_points_fail_and_change_nothing() {
     let app = spawn_app().await;
-    let (user, token, product, order) = pending_order(&app, 1000, 600, 10, 2).await;
-    app.pay(&token, order)
-        .await
-        .assert_problem(409, "INSUFFICIENT_POINTS");
-    assert_eq!(app.balance(user).await, 1000);
-    assert_eq!(app.product_row(product).await, (8, 10, 2, 0));
+    // An order placed before orders held points (F1), and another one since, paid with
+    // the same points: the first is now short.
+    let (user, token, product, order) = pending_order(&app, 1200, 600, 10, 2).await;
+    app.as_if_placed_before_holds(user).await;
+    let spent = app.order(user, &token, product, 1, 600).await;
+    let spent = spent.assert_status(201)["order_id"].as_i64().unwrap();
+    app.pay(&token, spent).await.assert_status(201);
+    let short = app.pay(&token, order).await;
+    short.assert_problem(409, "INSUFFICIENT_POINTS");
+    assert_eq!(
+        (
+            &short.body["balance"],
+            &short.body["required"],
+            &short.body["available"]
+        ),
+        (&json!(600), &json!(1200), &json!(600))
+    );
+    assert_eq!(app.balance(user).await, 600);
+    assert_eq!(app.product_row(product).await, (7, 9, 2, 1));
     assert_eq!(app.order_status(&token, order).await, "PENDING");
-    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 0);
-    assert_eq!(app.count("SELECT COUNT(*) FROM outbox").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM outbox").await, 1);
     // Topping up makes the same order payable.
-    app.charge(user, &token, 200).await.assert_status(200);
+    app.charge(user, &token, 600).await.assert_status(200);
     app.pay(&token, order).await.assert_status(201);
     app.assert_points_conserved(user).await;
 }

@@ -13,7 +13,7 @@ async fn p1_a_user_reads_their_balance() {
         .await;
     assert_eq!(
         r.assert_status(200),
-        &json!({"user_id": id, "balance": 1500})
+        &json!({"user_id": id, "balance": 1500, "held": 0, "available": 1500})
     );
 }
 

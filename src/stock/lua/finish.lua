@@ -1,7 +1,9 @@
 -- Ends the reservations of holds ARGV[3..]: their units go to ARGV[1], 'avail' (cancelled,
--- expired, refunded, or the order was never written) or 'sold' (paid).
+-- expired, or the order was never written) or 'sold' (paid).
 -- KEYS[1]: the product's hash. Idempotent: a reservation is removed as its units move, so
 -- a second call (a cancel racing the sweeper) finds nothing and moves nothing.
+-- Units back to 'avail' also leave their user's count under a per-customer limit; paid
+-- units stay counted (a PAID order holds its units for the limit).
 -- Ending a reservation that was never settled leaves a tombstone x:<hold> (until ARGV[2]
 -- ms from now), so that a late settle does not take the units again.
 -- Returns {units moved, avail after} ({0, -1} without a counter).
@@ -9,6 +11,7 @@ local key = KEYS[1]
 if redis.call('HEXISTS', key, 'avail') == 0 then
   return {0, -1}
 end
+local back = ARGV[1] == 'avail' and redis.call('HEXISTS', key, 'limit') == 1
 local moved = 0
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
@@ -16,15 +19,26 @@ for i = 3, #ARGV do
   local hold = ARGV[i]
   local field = 'h:' .. hold
   local value = redis.call('HGET', key, field)
-  if not value then
+  local user
+  if value then
+    user = string.match(value, '^%d+:(.+)$')
+  else
     field = 'r:' .. hold
     value = redis.call('HGET', key, field)
+    if value then
+      user = string.match(value, '^%d+:%d+:(.+)$')
+    end
   end
   if value then
     local q = tonumber(string.match(value, '^(%d+)'))
     redis.call('HDEL', key, field)
     if string.sub(field, 1, 2) == 'r:' then
       redis.call('HSET', key, 'x:' .. hold, string.format('%d', until_ms))
+    end
+    if back and user then
+      if redis.call('HINCRBY', key, 'u:' .. user, -q) <= 0 then
+        redis.call('HDEL', key, 'u:' .. user)
+      end
     end
     moved = moved + q
   end

@@ -1,6 +1,11 @@
--- Reserve ARGV[2] units of one product for the hold token ARGV[1].
--- KEYS[1]: the product's hash {avail, sold, r:<token> = "q:deadline_ms", h:<token> = q}.
--- Returns {1, avail_after} reserved, {0, avail} refused, {-1, 0} key missing (rebuild).
+-- Reserve ARGV[2] units of one product for the hold token ARGV[1], ordered by user ARGV[4].
+-- KEYS[1]: the product's hash {avail, sold, limit, u:<user> = units the user holds,
+-- r:<token> = "q:deadline_ms:user" (in flight), h:<token> = "q:user" (PENDING)}.
+-- With a per-customer limit (the field 'limit', written from MySQL by sync.lua) the user's
+-- units (PENDING, PAID and in flight) are checked and counted in this same call, so two
+-- orders of one user can never both pass it.
+-- Returns {1, avail_after} reserved, {0, avail} refused for stock, {2, held, limit} refused
+-- by the limit, {-1, 0} key missing (rebuild).
 local key = KEYS[1]
 local avail = redis.call('HGET', key, 'avail')
 if not avail then
@@ -11,10 +16,20 @@ local q = tonumber(ARGV[2])
 if avail < q then
   return {0, avail}
 end
+local user = ARGV[4]
+local limit = redis.call('HGET', key, 'limit')
+if limit then
+  limit = tonumber(limit)
+  local held = tonumber(redis.call('HGET', key, 'u:' .. user) or '0')
+  if held + q > limit then
+    return {2, held, limit}
+  end
+  redis.call('HINCRBY', key, 'u:' .. user, q)
+end
 -- An in-flight reservation: the MySQL order must commit before its deadline (ARGV[3] ms
 -- from now) or the reconciler gives the units back.
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 redis.call('HINCRBY', key, 'avail', -q)
-redis.call('HSET', key, 'r:' .. ARGV[1], string.format('%d:%d', q, deadline))
+redis.call('HSET', key, 'r:' .. ARGV[1], string.format('%d:%d:%s', q, deadline, user))
 return {1, avail - q}

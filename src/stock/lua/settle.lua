@@ -1,27 +1,32 @@
--- The MySQL orders of holds ARGV[1], ARGV[3], ... (ARGV[2], ARGV[4], ... units each) have
--- committed as PENDING. KEYS[1]: the product's hash.
+-- The MySQL orders of holds ARGV[1], ARGV[4], ... (ARGV[2], ARGV[5], ... units each, of
+-- users ARGV[3], ARGV[6], ...) have committed as PENDING. KEYS[1]: the product's hash.
 -- An in-flight reservation becomes a held one. When Redis never saw the reservation (the
 -- order took the MySQL path, or the key was rebuilt in between) the units are taken now,
--- so Redis again agrees with MySQL; unless the reservation has already ended (a tombstone
--- x:<hold>: the order expired or was paid before this call). Without a counter there is
--- nothing to settle: the next reservation builds it from MySQL.
+-- and counted to the user under a per-customer limit, so Redis again agrees with MySQL;
+-- unless the reservation has already ended (a tombstone x:<hold>: the order expired or
+-- was paid before this call). Without a counter there is nothing to settle: the next
+-- reservation builds it from MySQL.
 -- Returns {holds whose units were taken now, avail after} ({-1, 0} without a counter).
 local key = KEYS[1]
 if redis.call('HEXISTS', key, 'avail') == 0 then
   return {-1, 0}
 end
+local limited = redis.call('HEXISTS', key, 'limit') == 1
 local taken = 0
-for i = 1, #ARGV, 2 do
-  local hold, q = ARGV[i], ARGV[i + 1]
+for i = 1, #ARGV, 3 do
+  local hold, q, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('HDEL', key, 'x:' .. hold) == 1 then
     -- already ended
   elseif redis.call('HEXISTS', key, 'h:' .. hold) == 1 then
     -- already settled
   elseif redis.call('HDEL', key, 'r:' .. hold) == 1 then
-    redis.call('HSET', key, 'h:' .. hold, q)
+    redis.call('HSET', key, 'h:' .. hold, q .. ':' .. user)
   else
     redis.call('HINCRBY', key, 'avail', -tonumber(q))
-    redis.call('HSET', key, 'h:' .. hold, q)
+    redis.call('HSET', key, 'h:' .. hold, q .. ':' .. user)
+    if limited then
+      redis.call('HINCRBY', key, 'u:' .. user, tonumber(q))
+    end
     taken = taken + 1
   end
 end

@@ -1,22 +1,37 @@
 -- Makes one product's hash agree with MySQL; the caller holds the product row's shared
 -- lock, so no order of this product commits meanwhile.
 -- KEYS[1]: the product's hash. ARGV[1]: MySQL stock - reserved; ARGV[2]: MySQL sold;
--- ARGV[3]: n, then n tokens of orders known to have ended in MySQL (their release to Redis
--- failed); then token, quantity pairs of the product's PENDING orders.
+-- ARGV[3]: the per-customer limit ('' for none); ARGV[4]: n, then n tokens of orders known
+-- to have ended in MySQL (their release to Redis failed); then m, then m triples token,
+-- quantity, user of the product's PENDING orders; then user, units pairs of its PAID
+-- orders (only under a limit).
 -- Held reservations are replaced by MySQL's. In-flight ones (reserved here, order not
 -- committed) stay while their deadline lasts and keep their units out of avail; past it
 -- their order never made it and they are dropped, like tombstones (x:) past theirs. An
 -- in-flight reservation of an ended order is dropped at once: MySQL already counts it.
+-- Under a limit each user's count is rebuilt: PAID + PENDING + still in flight.
 -- Returns {avail before or -1, avail now}.
 local key = KEYS[1]
+local limit = ARGV[3]
 local ended = {}
-local n = tonumber(ARGV[3])
-for i = 4, 3 + n do
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do
   ended[ARGV[i]] = true
 end
+local at = 5 + n
+local m = tonumber(ARGV[at])
 local pending = {}
-for i = 4 + n, #ARGV, 2 do
-  pending[ARGV[i]] = ARGV[i + 1]
+for i = at + 1, at + 3 * m, 3 do
+  pending[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2]}
+end
+local counts = {}
+local function count(user, q)
+  if user and user ~= '' then
+    counts[user] = (counts[user] or 0) + tonumber(q)
+  end
+end
+for i = at + 1 + 3 * m, #ARGV, 2 do
+  count(ARGV[i], ARGV[i + 1])
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,20 +42,34 @@ for i = 1, #all, 2 do
   local field, value = all[i], all[i + 1]
   local kind, token = string.sub(field, 1, 2), string.sub(field, 3)
   if kind == 'r:' then
-    local q, deadline = string.match(value, '^(%d+):(%d+)$')
+    local q, deadline, user = string.match(value, '^(%d+):(%d+):?(.*)$')
     if pending[token] or ended[token] or not q or tonumber(deadline) <= now then
       redis.call('HDEL', key, field)
     else
       inflight = inflight + tonumber(q)
+      count(user, q)
     end
   elseif kind == 'h:' and not pending[token] then
     redis.call('HDEL', key, field)
   elseif kind == 'x:' and tonumber(value) <= now then
     redis.call('HDEL', key, field)
+  elseif kind == 'u:' then
+    redis.call('HDEL', key, field)
   end
 end
-for token, q in pairs(pending) do
-  redis.call('HSET', key, 'h:' .. token, q)
+for token, order in pairs(pending) do
+  redis.call('HSET', key, 'h:' .. token, order[1] .. ':' .. order[2])
+  count(order[2], order[1])
+end
+if limit ~= '' then
+  redis.call('HSET', key, 'limit', limit)
+  for user, units in pairs(counts) do
+    if units > 0 then
+      redis.call('HSET', key, 'u:' .. user, units)
+    end
+  end
+else
+  redis.call('HDEL', key, 'limit')
 end
 local avail = tonumber(ARGV[1]) - inflight
 redis.call('HSET', key, 'avail', avail, 'sold', ARGV[2])
