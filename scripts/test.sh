@@ -30,11 +30,13 @@ drop_test_databases() {
     "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'commerce\_test\_%'" 2>/dev/null |
     while read -r db; do "$client" -h127.0.0.1 -ucommerce -pcommerce -e "DROP DATABASE \`$db\`" || true; done
 }
-# Each test's Redis keys live under its own prefix commerce_test_*; one test owns db 7.
+# Each test's Redis keys live under its own prefix commerce_test_*; two tests own a
+# database each (7 and 8), which they flush.
 drop_test_keys() {
   local cli; cli="$(command -v redis-cli)" || return 0
   "$cli" --scan --pattern 'commerce_test_*' | xargs -r -n 500 "$cli" DEL >/dev/null || true
   "$cli" -n 7 FLUSHDB >/dev/null || true
+  "$cli" -n 8 FLUSHDB >/dev/null || true
 }
 drop_test_databases
 drop_test_keys
