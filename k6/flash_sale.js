@@ -1,14 +1,22 @@
 // Flash sale: thousands of buyers, one product with few units (or as many as buyers: set
-// UNITS=BUYERS for a sale everyone wins), each buyer orders one unit and pays at once. Ends by checking through the API that nothing was oversold, sold ==
-// the buyers who paid, and every buyer's points are whole.
-//   k6 run -e ADMIN_TOKEN=... k6/flash_sale.js            (BUYERS=5000 UNITS=500)
-//   k6 run -e ADMIN_TOKEN=... -e SMOKE=1 k6/flash_sale.js  (seconds, small data)
+// UNITS=BUYERS for a sale everyone wins), each buyer orders one unit and pays at once.
+// LIMIT=1 gives the product a per-customer limit; GREEDY=N makes every buyer fire N orders
+// at once (and pay for the one placed). Ends by checking through the API that nothing was
+// oversold, sold == the buyers who paid, every buyer's points are whole, and no buyer
+// holds more than the limit.
+//   k6 run -e ADMIN_TOKEN=... k6/flash_sale.js                      (BUYERS=5000 UNITS=500)
+//   k6 run -e ADMIN_TOKEN=... -e LIMIT=1 -e GREEDY=5 k6/flash_sale.js  (a fair drop)
+//   k6 run -e ADMIN_TOKEN=... -e SMOKE=1 k6/flash_sale.js            (seconds, small data)
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
-import { buyOne, checkFlashSale, createProduct, createUsers, invariantThresholds, SMOKE } from './lib.js';
+import {
+  buyGreedy, buyOne, checkFlashSale, createProduct, createUsers, invariantThresholds, SMOKE,
+} from './lib.js';
 
 const BUYERS = Number(__ENV.BUYERS || (SMOKE ? 100 : 5000));
 const UNITS = Number(__ENV.UNITS || (SMOKE ? 10 : 500));
+const LIMIT = Number(__ENV.LIMIT || 0);
+const GREEDY = Number(__ENV.GREEDY || 1);
 const PRICE = 1000;
 const paid = new Counter('flash_paid');
 
@@ -32,22 +40,27 @@ export const options = {
 };
 
 export function setup() {
-  const data = { product: createProduct(PRICE, UNITS, 'flash sale item'), buyers: createUsers(BUYERS, PRICE, 'flash') };
+  const extra = LIMIT > 0 ? { per_user_limit: LIMIT } : {};
+  const data = {
+    product: createProduct(PRICE, UNITS, 'flash sale item', extra),
+    buyers: createUsers(BUYERS, PRICE, 'flash'),
+  };
   data.t0 = Date.now(); // the buyers start now
   return data;
 }
 
 export default function (data) {
   const buyer = data.buyers[exec.scenario.iterationInTest % data.buyers.length];
-  if (buyOne(buyer, data.product, PRICE)) paid.add(1);
+  const bought = GREEDY > 1 ? buyGreedy(buyer, data.product, PRICE, GREEDY) : buyOne(buyer, data.product, PRICE);
+  if (bought) paid.add(1);
 }
 
 export function teardown(data) {
   const ms = Date.now() - data.t0;
-  const result = checkFlashSale(data.product, UNITS, PRICE, data.buyers);
+  const result = checkFlashSale(data.product, UNITS, PRICE, data.buyers, LIMIT);
   console.log(`flash sale: ${result.sold} of ${UNITS} units sold to ${BUYERS} buyers in ${ms} ms, ${result.available} left`);
-  // One machine-readable line for bench/bench.py: each buyer sent an order, each winner a
-  // payment too.
-  const requests = BUYERS + result.sold;
+  // One machine-readable line for bench/bench.py: each buyer sent GREEDY orders, each
+  // winner a payment too.
+  const requests = BUYERS * GREEDY + result.sold;
   console.log(`FLASH_RESULT ${JSON.stringify({ ms, sold: result.sold, requests, product: data.product })}`);
 }

@@ -20,8 +20,9 @@ export function admin(method, path, body) {
   return res.json();
 }
 
-export function createProduct(price, stock, name = 'k6 item') {
-  return admin('POST', '/v1/admin/products', { name, price, stock }).id;
+/// A product; `extra` may carry `per_user_limit`, `sale_starts_at`, `sale_ends_at`.
+export function createProduct(price, stock, name = 'k6 item', extra = {}) {
+  return admin('POST', '/v1/admin/products', Object.assign({ name, price, stock }, extra)).id;
 }
 
 /// `n` users, each with `points` and a token; built in parallel batches.
@@ -57,6 +58,27 @@ export function order(user, productId, quantity, price) {
 
 export function pay(user, orderId) {
   return http.post(`${BASE}/v1/payments`, JSON.stringify({ order_id: orderId }), Object.assign(json(user.token), { tags: { name: 'POST /v1/payments' } }));
+}
+
+/// Refusals a buyer may hear when ordering in a sale.
+const ORDER_REFUSALS = ['OUT_OF_STOCK', 'PURCHASE_LIMIT_REACHED', 'INSUFFICIENT_POINTS'];
+
+/// A greedy buyer: `n` orders of one unit at once, then pays for the one placed. With
+/// points for one unit (F1) at most one can be placed whatever the limit; with a
+/// per-customer limit the others are refused by the stock gate alone.
+export function buyGreedy(user, productId, price, n) {
+  const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity: 1, price });
+  const params = Object.assign(json(user.token), { tags: { name: 'POST /v1/orders' } });
+  const replies = http.batch(Array.from({ length: n }, () => ['POST', `${BASE}/v1/orders`, body, params]));
+  const placed = replies.filter((r) => r.status === 201);
+  const ok = check(replies, {
+    'greedy orders: 201 or 409 OUT_OF_STOCK / PURCHASE_LIMIT_REACHED / INSUFFICIENT_POINTS': (rs) =>
+      rs.every((r) => r.status === 201 || (r.status === 409 && ORDER_REFUSALS.includes(r.json().code))),
+    'greedy orders: at most one placed (points for one unit)': () => placed.length <= 1,
+  });
+  if (!ok || placed.length !== 1) return false;
+  const paid = pay(user, placed[0].json().order_id);
+  return check(paid, { 'payment: 201': (r) => r.status === 201 });
 }
 
 /// Orders one unit and pays for it; checks every answer is one the API promises.
@@ -96,28 +118,42 @@ export function browseOnce() {
 }
 
 /// Every buyer started with exactly `price` points: after the run each has either spent
-/// them (one unit bought) or kept them, the product's `sold` equals the buyers who spent,
-/// and sold + available equals the stock it was given (no oversell, nothing lost).
-export function checkFlashSale(productId, units, price, buyers) {
+/// them (one unit bought) or kept them, and holds none for a PENDING order; the product's
+/// `sold` equals the buyers who spent, and sold + available equals the stock it was given
+/// (no oversell, nothing lost). With `limit`, no buyer holds more units than it (PENDING
+/// and PAID orders of the product, read through each buyer's order list).
+export function checkFlashSale(productId, units, price, buyers, limit = 0) {
   const product = http.get(`${BASE}/v1/products/${productId}`).json();
   let spent = 0;
   let conserved = true;
+  let overLimit = 0;
   for (let i = 0; i < buyers.length; i += 100) {
-    const replies = http.batch(
-      buyers.slice(i, i + 100).map((u) => ['GET', `${BASE}/v1/users/${u.id}/points`, null, json(u.token)]),
-    );
+    const batch = buyers.slice(i, i + 100);
+    const replies = http.batch(batch.map((u) => ['GET', `${BASE}/v1/users/${u.id}/points`, null, json(u.token)]));
     for (const r of replies) {
-      const balance = r.json().balance;
+      const { balance, held } = r.json();
       if (balance === 0) spent += 1;
       else if (balance !== price) conserved = false;
+      if (held !== 0) conserved = false;
+    }
+    if (limit > 0) {
+      const orders = http.batch(batch.map((u) => ['GET', `${BASE}/v1/users/${u.id}/orders?limit=100`, null, json(u.token)]));
+      for (const r of orders) {
+        const units = r
+          .json()
+          .items.filter((o) => o.product_id === productId && (o.status === 'PENDING' || o.status === 'PAID'))
+          .reduce((sum, o) => sum + o.quantity, 0);
+        if (units > limit) overLimit += 1;
+      }
     }
   }
+  check(overLimit, { 'invariant: no buyer holds more than the limit': (n) => n === 0 });
   check(product, {
     'invariant: no oversell (sold ≤ units)': (p) => p.sold <= units,
     'invariant: sold + available == units': (p) => p.sold + p.stock === units,
     'invariant: sold == buyers who paid': (p) => p.sold === spent,
   });
-  check(conserved, { 'invariant: points conserved (balance is price or 0)': (c) => c });
+  check(conserved, { 'invariant: points conserved (balance is price or 0, nothing held)': (c) => c });
   return { sold: product.sold, available: product.stock, spent };
 }
 
