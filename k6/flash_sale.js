@@ -1,7 +1,9 @@
 // Flash sale: thousands of buyers, one product with few units (or as many as buyers: set
 // UNITS=BUYERS for a sale everyone wins), each buyer orders one unit and pays at once.
 // LIMIT=1 gives the product a per-customer limit; GREEDY=N makes every buyer fire N orders
-// at once (and pay for the one placed). Ends by checking through the API that nothing was
+// at once (and pay for the one placed); STARTS_IN=S schedules the sale S seconds after
+// setup (buyers arrive at once, hear SALE_NOT_STARTED and come back after Retry-After).
+// Ends by checking through the API that nothing was
 // oversold, sold == the buyers who paid, every buyer's points are whole, and no buyer
 // holds more than the limit.
 //   k6 run -e ADMIN_TOKEN=... k6/flash_sale.js                      (BUYERS=5000 UNITS=500)
@@ -17,6 +19,7 @@ const BUYERS = Number(__ENV.BUYERS || (SMOKE ? 100 : 5000));
 const UNITS = Number(__ENV.UNITS || (SMOKE ? 10 : 500));
 const LIMIT = Number(__ENV.LIMIT || 0);
 const GREEDY = Number(__ENV.GREEDY || 1);
+const STARTS_IN = Number(__ENV.STARTS_IN || 0);
 const PRICE = 1000;
 const paid = new Counter('flash_paid');
 
@@ -41,10 +44,9 @@ export const options = {
 
 export function setup() {
   const extra = LIMIT > 0 ? { per_user_limit: LIMIT } : {};
-  const data = {
-    product: createProduct(PRICE, UNITS, 'flash sale item', extra),
-    buyers: createUsers(BUYERS, PRICE, 'flash'),
-  };
+  const buyers = createUsers(BUYERS, PRICE, 'flash');
+  if (STARTS_IN > 0) extra.sale_starts_at = new Date(Date.now() + STARTS_IN * 1000).toISOString();
+  const data = { product: createProduct(PRICE, UNITS, 'flash sale item', extra), buyers };
   data.t0 = Date.now(); // the buyers start now
   return data;
 }

@@ -1,7 +1,7 @@
 // Shared building blocks of the k6 scenarios: setup through the admin API, one step of
 // each kind of user, and the end-of-run invariant checks through the API.
 import http from 'k6/http';
-import { check, fail } from 'k6';
+import { check, fail, sleep } from 'k6';
 
 export const BASE = __ENV.BASE_URL || 'http://127.0.0.1:8080';
 export const ADMIN = __ENV.ADMIN_TOKEN || fail('ADMIN_TOKEN is required (scripts/run.sh prints it)');
@@ -63,13 +63,24 @@ export function pay(user, orderId) {
 /// Refusals a buyer may hear when ordering in a sale.
 const ORDER_REFUSALS = ['OUT_OF_STOCK', 'PURCHASE_LIMIT_REACHED', 'INSUFFICIENT_POINTS'];
 
+/// Sends `send()` (one response or a batch) until the sale has started: a SALE_NOT_STARTED
+/// answer says in `Retry-After` when to come back (at most 20 tries).
+function whenOpen(send) {
+  for (let attempt = 0; ; attempt++) {
+    const replies = [].concat(send());
+    const early = replies.find((r) => r.status === 409 && r.json().code === 'SALE_NOT_STARTED');
+    if (!early || attempt >= 20) return replies;
+    sleep(Number(early.headers['Retry-After'] || 1));
+  }
+}
+
 /// A greedy buyer: `n` orders of one unit at once, then pays for the one placed. With
 /// points for one unit (F1) at most one can be placed whatever the limit; with a
 /// per-customer limit the others are refused by the stock gate alone.
 export function buyGreedy(user, productId, price, n) {
   const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity: 1, price });
   const params = Object.assign(json(user.token), { tags: { name: 'POST /v1/orders' } });
-  const replies = http.batch(Array.from({ length: n }, () => ['POST', `${BASE}/v1/orders`, body, params]));
+  const replies = whenOpen(() => http.batch(Array.from({ length: n }, () => ['POST', `${BASE}/v1/orders`, body, params])));
   const placed = replies.filter((r) => r.status === 201);
   const ok = check(replies, {
     'greedy orders: 201 or 409 OUT_OF_STOCK / PURCHASE_LIMIT_REACHED / INSUFFICIENT_POINTS': (rs) =>
@@ -83,7 +94,7 @@ export function buyGreedy(user, productId, price, n) {
 
 /// Orders one unit and pays for it; checks every answer is one the API promises.
 export function buyOne(user, productId, price) {
-  const placed = order(user, productId, 1, price);
+  const [placed] = whenOpen(() => order(user, productId, 1, price));
   const ok = check(placed, {
     'order: 201 or 409 OUT_OF_STOCK': (r) => r.status === 201 || (r.status === 409 && r.json().code === 'OUT_OF_STOCK'),
   });

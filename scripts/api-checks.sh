@@ -59,8 +59,8 @@ for scenario in k6/*.js; do
   log "k6 smoke: $scenario"
   "$K6_BIN" run --quiet --no-usage-report -e SMOKE=1 -e BASE_URL="$base" -e ADMIN_TOKEN="$admin" "$scenario"
 done
-log "k6 smoke: a fair drop (a limit of one per customer, every buyer firing 5 orders at once)"
-"$K6_BIN" run --quiet --no-usage-report -e SMOKE=1 -e LIMIT=1 -e GREEDY=5 -e BASE_URL="$base" \
+log "k6 smoke: a fair drop (opening in 2 s, one per customer, every buyer firing 5 orders at once)"
+"$K6_BIN" run --quiet --no-usage-report -e SMOKE=1 -e LIMIT=1 -e GREEDY=5 -e STARTS_IN=2 -e BASE_URL="$base" \
   -e ADMIN_TOKEN="$admin" k6/flash_sale.js
 log "k6 smoke: every scenario's thresholds and invariants held"
 
