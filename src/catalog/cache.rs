@@ -1,20 +1,20 @@
-//! Catalog caches: Moka in this process (L1, bounded, short TTL) over Redis (L2, shared by
-//! every instance) over MySQL (or its replica). Concurrent misses of one key load it once
-//! (`try_get_with`).
+//! What the catalog keeps in this process besides the products themselves
+//! ([`CatalogStore`]): answers rendered to the bytes they are sent as, with their ETag
+//! ([`Tagged`]), and the ids recently found not to exist.
 //!
-//! - Product rows: L1 `rows`; L2 `<prefix>{p<id>}:row`, in the stock hash's slot, so a
-//!   detail reads the row and the live counter in one round trip even on an L1 miss.
-//! - Listing pages and the best sellers: kept as the JSON bytes they are sent as, with
-//!   their ETag ([`Tagged`]); pages also in the L2 hash `<prefix>cache:pages`.
-//! - The page index: every product id in order (8 bytes a product, L1 only), so that any
-//!   page is one primary-key range read instead of an OFFSET scan and a COUNT(*).
+//! - Listing pages: rendered from the store and the live figures, kept until a product on
+//!   the page changes (its figures on the stock gate's feed, or an admin write) and never
+//!   longer than `PAGE_TTL` (the bound when an eviction races a render).
+//! - The best sellers: computed from the ranking's sorted sets, kept `TOP_TTL`.
+//! - Unknown product ids, `MISS_TTL`, so that a client asking for ids that do not exist
+//!   costs MySQL once per id and window; a product's creation ends its entry everywhere.
 //!
-//! Coherence: a write that changes a product deletes its L2 entries, evicts this instance's
-//! L1 entries, and publishes on `<prefix>events:invalidate`; every instance listening there
-//! evicts the same L1 entries. A listener that lost its subscription drops its whole L1 on
-//! reconnect (it may have missed messages). The write repeats the L2 delete and the message
-//! shortly after, for a reader that loaded the old row just before the write committed (or
-//! from a replica still behind: the repeat waits out the lag a replica is allowed).
+//! Coherence: an admin write commits, then refreshes the product in this instance's store,
+//! drops the rendered answers and publishes on `<prefix>events:invalidate`; every instance
+//! listening there does the same. A listener that lost its subscription reloads the whole
+//! catalog on reconnect (it may have missed messages). The write repeats the message
+//! shortly after, for an instance that read the old row just before the commit (or from a
+//! replica still behind: the repeat waits out the lag a replica is allowed).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -22,19 +22,24 @@ use axum::body::Bytes;
 use moka::future::Cache;
 use redis::PushKind;
 
-use super::{domain::ProductDetail, store::CatalogStore};
-use crate::{error::AppError, http::caching::Tagged, redis_store::RedisStore, stock::StockGate};
+use super::{domain::PAGE_SIZE, store::CatalogStore};
+use crate::{
+    error::AppError,
+    http::caching::Tagged,
+    redis_store::RedisStore,
+    stock::{LiveChange, StockGate},
+};
 
-/// L1 lifetimes: the bound on staleness when an invalidation message is lost (and, for
-/// pages, on the age of the `stock` they show).
-const ROW_TTL: Duration = Duration::from_secs(10);
-pub const PAGE_TTL: Duration = Duration::from_secs(3);
+/// The longest a rendered page is kept, and so the bound on how old the `stock` it shows
+/// may be when an eviction crossed its render.
+pub const PAGE_TTL: Duration = Duration::from_secs(1);
 pub const TOP_TTL: Duration = Duration::from_secs(2);
-const INDEX_TTL: Duration = Duration::from_secs(60);
-/// L2 lifetimes. Pages carry each product's available stock as of the load, so they live
-/// briefly; a row lives until a write invalidates it.
-const ROW_L2_SECS: u64 = 60;
-pub const PAGES_L2_SECS: u64 = 2;
+/// How long an unknown product id is answered 404 without asking MySQL.
+const MISS_TTL: Duration = Duration::from_secs(2);
+/// Rendered pages kept: a page is ~2.5 KB, so a few MB.
+const PAGES_KEPT: u64 = 2_000;
+/// Unknown ids remembered (8 bytes and Moka's bookkeeping each).
+const MISSES_KEPT: u64 = 100_000;
 const CHANNEL: &str = "events:invalidate";
 
 #[derive(Clone)]
@@ -43,10 +48,9 @@ pub struct CatalogCache {
     stock: StockGate,
     /// The whole catalog in process, refreshed by the same messages.
     pub store: CatalogStore,
-    rows: Cache<i64, Arc<ProductDetail>>,
     pages: Cache<i64, Tagged>,
     top: Cache<i64, Tagged>,
-    index: Cache<(), Arc<Vec<i64>>>,
+    misses: Cache<i64, ()>,
     /// When a write's invalidation is repeated (past the staleness a load may bring back).
     repeat_after: Duration,
 }
@@ -97,145 +101,65 @@ impl CatalogCache {
             stock,
             store,
             repeat_after,
-            rows: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ROW_TTL)
-                .build(),
             pages: Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(PAGES_KEPT)
                 .time_to_live(PAGE_TTL)
                 .build(),
-            index: Cache::builder().time_to_live(INDEX_TTL).build(),
             top: Cache::builder()
                 .max_capacity(64)
                 .time_to_live(TOP_TTL)
                 .build(),
+            misses: Cache::builder()
+                .max_capacity(MISSES_KEPT)
+                .time_to_live(MISS_TTL)
+                .build(),
         }
     }
 
-    /// The L2 key of a product's row: next to its stock hash, in the same slot.
-    pub fn row_key(&self, id: i64) -> String {
-        format!("{}:row", self.stock.product_key(id))
-    }
-
-    fn pages_key(&self) -> String {
-        self.redis.key("cache:pages")
-    }
-
-    /// A product's row from L1, if there.
-    pub async fn cached_row(&self, id: i64) -> Option<Arc<ProductDetail>> {
-        let hit = self.rows.get(&id).await;
-        count("product", "l1", if hit.is_some() { "hit" } else { "miss" });
-        hit
-    }
-
-    /// A product's row after an L1 miss: from `l2` (the row key's value, read by the
-    /// caller together with the live counter), else from `load` (once for concurrent
-    /// misses), written back to L2 without waiting.
-    pub async fn row<F>(
-        &self,
-        id: i64,
-        l2: Option<Vec<u8>>,
-        load: F,
-    ) -> Result<Arc<ProductDetail>, AppError>
-    where
-        F: Future<Output = Result<ProductDetail, AppError>>,
-    {
-        if let Some(row) = l2.and_then(|json| serde_json::from_slice::<ProductDetail>(&json).ok()) {
-            count("product", "l2", "hit");
-            let row = Arc::new(row);
-            self.rows.insert(id, row.clone()).await;
-            return Ok(row);
-        }
-        count("product", "l2", "miss");
-        self.rows
-            .try_get_with(id, async {
-                let row = load.await?;
-                if let Ok(json) = serde_json::to_vec(&row) {
-                    let (redis, key) = (self.redis.clone(), self.row_key(id));
-                    tokio::spawn(async move {
-                        let mut set = redis::cmd("SET");
-                        set.arg(key).arg(json).arg("EX").arg(ROW_L2_SECS);
-                        let _ = redis.cmd::<()>(&set).await;
-                    });
-                }
-                Ok::<_, AppError>(Arc::new(row))
-            })
-            .await
-            .map_err(unshare)
-    }
-
-    /// A listing page, as the JSON to send and its tag.
-    pub async fn page<F>(&self, page: i64, load: F) -> Result<Tagged, AppError>
+    /// A listing page, as the JSON to send and its tag (rendered once for concurrent
+    /// misses).
+    pub async fn page<F>(&self, page: i64, render: F) -> Result<Tagged, AppError>
     where
         F: Future<Output = Result<Bytes, AppError>>,
     {
         if let Some(hit) = self.pages.get(&page).await {
-            count("page", "l1", "hit");
+            count("page", "hit");
             return Ok(hit);
         }
-        count("page", "l1", "miss");
-        let (key, field) = (self.pages_key(), page.to_string());
+        count("page", "miss");
         self.pages
-            .try_get_with(page, async {
-                let cached: Option<Vec<u8>> = self
-                    .redis
-                    .cmd(redis::cmd("HGET").arg(&key).arg(&field))
-                    .await
-                    .ok()
-                    .flatten();
-                if let Some(json) = cached {
-                    count("page", "l2", "hit");
-                    return Ok(Tagged::new(json));
-                }
-                count("page", "l2", "miss");
-                let json = load.await?;
-                let mut pipe = redis::pipe();
-                pipe.cmd("HSET")
-                    .arg(&key)
-                    .arg(&field)
-                    .arg(json.as_ref())
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(PAGES_L2_SECS)
-                    .arg("NX")
-                    .ignore();
-                let _ = self.redis.pipe::<()>(&pipe).await;
-                Ok::<_, AppError>(Tagged::new(json))
-            })
+            .try_get_with(page, async { render.await.map(Tagged::new) })
             .await
             .map_err(unshare)
     }
 
-    /// Every product id, ascending (L1 only, one load at a time).
-    pub async fn index<F>(&self, load: F) -> Result<Arc<Vec<i64>>, AppError>
-    where
-        F: Future<Output = Result<Vec<i64>, AppError>>,
-    {
-        self.index
-            .try_get_with((), async { load.await.map(Arc::new) })
-            .await
-            .map_err(unshare)
-    }
-
-    /// The best sellers of a window as JSON (L1 only: computed from Redis sorted sets).
+    /// The best sellers of a window as JSON.
     pub async fn top<F>(&self, days: i64, load: F) -> Result<Tagged, AppError>
     where
         F: Future<Output = Result<Bytes, AppError>>,
     {
         if let Some(hit) = self.top.get(&days).await {
-            count("top", "l1", "hit");
+            count("top", "hit");
             return Ok(hit);
         }
-        count("top", "l1", "miss");
+        count("top", "miss");
         self.top
             .try_get_with(days, async { load.await.map(Tagged::new) })
             .await
             .map_err(unshare)
     }
 
-    /// After a write committed: drop the entries everywhere, now and once more shortly.
+    /// Whether `id` was looked for lately and did not exist.
+    pub async fn known_missing(&self, id: i64) -> bool {
+        self.misses.contains_key(&id)
+    }
+
+    pub async fn remember_missing(&self, id: i64) {
+        self.misses.insert(id, ()).await;
+    }
+
+    /// After a write committed: refresh the product and drop what shows it, here and on
+    /// every instance, now and once more shortly.
     pub async fn invalidate(&self, changed: Changed) {
         self.invalidate_once(changed).await;
         let again = self.clone();
@@ -245,34 +169,14 @@ impl CatalogCache {
         });
     }
 
-    /// The ranking shows names and prices: a changed product changes it too.
-    pub fn evict_top(&self) {
-        self.top.invalidate_all();
-    }
-
     async fn invalidate_once(&self, changed: Changed) {
         self.evict_local(changed).await;
-        // Separate commands: the keys live in different slots of a cluster.
-        let row = async {
-            if let Changed::Product(id) = changed {
-                self.redis
-                    .cmd::<()>(redis::cmd("DEL").arg(self.row_key(id)))
-                    .await
-            } else {
-                Ok(())
-            }
-        };
-        let mut del_pages = redis::cmd("DEL");
-        del_pages.arg(self.pages_key());
-        let pages = self.redis.cmd::<()>(&del_pages);
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.redis.key(CHANNEL)).arg(changed.encode());
-        let publish = self.redis.cmd::<i64>(&publish);
-        let (row, pages, publish) = tokio::join!(row, pages, publish);
-        if row.is_err() || pages.is_err() || publish.is_err() {
+        if self.redis.cmd::<i64>(&publish).await.is_err() {
             tracing::warn!(
                 ?changed,
-                "invalidation not published; other instances catch up within the L1 TTL"
+                "invalidation not published; other instances catch up when their listener reconnects"
             );
         }
     }
@@ -283,39 +187,58 @@ impl CatalogCache {
             tracing::warn!(product_id = id, error = %e, "product not reloaded; reloading the catalog");
             self.store.spawn_load();
         }
-        match changed {
-            Changed::Product(id) => {
-                self.rows.invalidate(&id).await;
-                self.top.invalidate_all();
-            }
-            Changed::Created(_) => self.index.invalidate_all(),
-        }
-        self.pages.invalidate_all();
-    }
-
-    fn evict_all(&self) {
-        self.index.invalidate_all();
-        self.rows.invalidate_all();
+        self.misses.invalidate(&id).await;
         self.pages.invalidate_all();
         self.top.invalidate_all();
     }
 
-    /// Listens for other instances' invalidations until the process ends, resubscribing
-    /// after a lost connection.
+    fn evict_all(&self) {
+        self.misses.invalidate_all();
+        self.pages.invalidate_all();
+        self.top.invalidate_all();
+    }
+
+    /// The page that shows `product_id`, if the store has it.
+    fn page_of(&self, product_id: i64) -> Option<i64> {
+        self.store
+            .read(|products| {
+                products
+                    .binary_search_by_key(&product_id, |p| p.id)
+                    .ok()
+                    .map(|i| i as i64 / PAGE_SIZE + 1)
+            })
+            .flatten()
+    }
+
+    /// Listens for other instances' invalidations, and for the stock gate's figure changes
+    /// (which drop the rendered page showing the product), until the process ends.
     pub fn spawn_listener(&self) -> tokio::task::JoinHandle<()> {
+        let pages = self.clone();
+        tokio::spawn(async move {
+            let mut changes = pages.stock.changes();
+            loop {
+                match changes.recv().await {
+                    Ok(LiveChange::Product(id)) => match pages.page_of(id) {
+                        Some(page) => pages.pages.invalidate(&page).await,
+                        None => pages.pages.invalidate_all(),
+                    },
+                    Ok(LiveChange::All)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        pages.pages.invalidate_all()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         let cache = self.clone();
         let channel = self.redis.key(CHANNEL);
         tokio::spawn(async move {
-            let mut first = true;
+            // Every subscription after the first may have missed messages: drop what was
+            // rendered and reload the catalog (the first time, the start-up load does).
+            let mut subscribed_before = false;
             loop {
                 match cache.redis.subscribe(std::slice::from_ref(&channel)).await {
                     Ok(mut pushes) => {
-                        // Messages sent while nobody listened are lost: start from an empty L1,
-                        // and reload the catalog (the first time, the start-up load does).
-                        cache.evict_all();
-                        if !std::mem::take(&mut first) {
-                            cache.store.spawn_load();
-                        }
                         while let Some(push) = pushes.recv().await {
                             match push.kind {
                                 PushKind::Message => {
@@ -324,13 +247,17 @@ impl CatalogCache {
                                     });
                                     match payload.as_deref().and_then(Changed::decode) {
                                         Some(changed) => cache.evict_local(changed).await,
-                                        None => {
-                                            cache.evict_all();
-                                            cache.store.spawn_load();
-                                        }
+                                        None => cache.reload(),
                                     }
                                 }
-                                PushKind::Disconnection | PushKind::Subscribe => cache.evict_all(),
+                                PushKind::Subscribe => {
+                                    if std::mem::replace(&mut subscribed_before, true) {
+                                        cache.reload();
+                                    } else {
+                                        cache.evict_all();
+                                    }
+                                }
+                                PushKind::Disconnection => cache.evict_all(),
                                 _ => {}
                             }
                         }
@@ -344,10 +271,16 @@ impl CatalogCache {
             }
         })
     }
+
+    /// Everything again: the rendered answers dropped, the catalog reloaded.
+    fn reload(&self) {
+        self.evict_all();
+        self.store.spawn_load();
+    }
 }
 
-fn count(cache: &'static str, layer: &'static str, result: &'static str) {
-    metrics::counter!("cache_requests_total", "cache" => cache, "layer" => layer, "result" => result)
+fn count(cache: &'static str, result: &'static str) {
+    metrics::counter!("cache_requests_total", "cache" => cache, "layer" => "l1", "result" => result)
         .increment(1);
 }
 

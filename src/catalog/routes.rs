@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 
 use super::{
-    cache::{PAGES_L2_SECS, PAGE_TTL, TOP_TTL},
+    cache::{PAGE_TTL, TOP_TTL},
     domain::{self, ProductDetail, ProductPage, ProductSummary, TopItem, TopSellers},
     service::{self, Catalog},
 };
@@ -20,9 +20,9 @@ use crate::{
     http::{caching::Tagged, AppPath, AppQuery, Id},
 };
 
-/// `max-age` of a listing page: no longer than a page's `stock` may already be old
-/// (L1 + L2 lifetimes).
-pub const PAGE_MAX_AGE: u64 = PAGE_TTL.as_secs() + PAGES_L2_SECS;
+/// `max-age` of a listing page: no longer than a page's `stock` may already be old (its
+/// rendered bytes' lifetime).
+pub const PAGE_MAX_AGE: u64 = PAGE_TTL.as_secs();
 /// `max-age` of the best sellers: their L1 lifetime.
 pub const TOP_MAX_AGE: u64 = TOP_TTL.as_secs();
 /// `max-age` of a detail: its `stock` is live, so a cache must revalidate (with the ETag,
@@ -56,7 +56,7 @@ struct ListParams {
 #[utoipa::path(get, path = "/v1/products", tag = "catalog",
     params(("page" = Option<i64>, Query, minimum = 1, description = "1-based; 20 products a page"),
         ("If-None-Match" = Option<String>, Header, description = "an ETag of an earlier answer: 304 when still current")),
-    responses((status = 200, body = ProductPage, headers(("ETag" = String), ("Cache-Control" = String, description = "public, max-age=5"))),
+    responses((status = 200, body = ProductPage, headers(("ETag" = String), ("Cache-Control" = String, description = "public, max-age=1"))),
         (status = 304, description = "not modified: the If-None-Match tag is current", headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn list(

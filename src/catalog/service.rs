@@ -1,6 +1,9 @@
-//! Catalog use cases. `stock` in every answer is what can still be ordered: unsold units
-//! minus those reserved by PENDING orders. Loads read the replica when one is configured
-//! and fresh ([`Reader`]); nothing here decides a write.
+//! Catalog use cases. A product's static part (name, price, limit, sale window) comes from
+//! the catalog in process ([`CatalogStore`]); its `stock` (what can still be ordered:
+//! unsold units minus those reserved by PENDING orders) and `sold` from the stock gate's
+//! live figures, which are in memory too. MySQL (or its replica, [`Reader`]) answers only
+//! what neither has: a product created a moment ago on another instance, the figures while
+//! Redis cannot give them. Nothing here decides a write.
 
 use axum::body::Bytes;
 use chrono::Utc;
@@ -8,8 +11,8 @@ use chrono::Utc;
 use super::{
     cache::{CatalogCache, Changed},
     domain::{
-        rank, total_pages, window_start, ProductDetail, ProductPage, TopItem, TopSellers,
-        PAGE_SIZE, PRODUCT_COLUMNS, TOP_N,
+        rank, total_pages, window_start, ProductDetail, ProductPage, ProductSummary, TopItem,
+        TopSellers, PAGE_SIZE, TOP_N,
     },
     ranking::Ranking,
 };
@@ -20,8 +23,8 @@ use crate::{
     stock::{Live, StockGate},
 };
 
-/// What the catalog reads from: MySQL (or its replica) behind the caches, the stock gate's
-/// live counters, and the ranking's sorted sets.
+/// What the catalog reads from: the catalog in process and its rendered answers, the stock
+/// gate's live figures, the ranking's sorted sets, and MySQL behind them.
 #[derive(Clone)]
 pub struct Catalog {
     pub db: Reader,
@@ -31,50 +34,69 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// After a product changed (admin write, refund): every cache that shows it.
+    /// After a product changed (admin write): every instance's copy of it, and every
+    /// answer that shows it.
     pub async fn changed(&self, changed: Changed) {
         self.cache.invalidate(changed).await;
     }
+
+    /// A product's static part: from the catalog in process; one that is not there (created
+    /// a moment ago on another instance, or no such product) is asked of MySQL once, and
+    /// an id found missing is answered from memory for a while.
+    pub async fn product(&self, id: i64) -> Result<ProductDetail, AppError> {
+        let store = &self.cache.store;
+        store.loaded().await;
+        if let Some(product) = store.get(id) {
+            return Ok(product);
+        }
+        if self.cache.known_missing(id).await {
+            return Err(AppError::ProductNotFound);
+        }
+        store.refresh(id).await?;
+        match store.get(id) {
+            Some(product) => Ok(product),
+            None => {
+                self.cache.remember_missing(id).await;
+                Err(AppError::ProductNotFound)
+            }
+        }
+    }
 }
 
-/// A listing page (cached; each product's `stock` as of the page's load, at most a few
-/// seconds old).
+/// A listing page (rendered once and kept until a product on it changes).
 pub async fn list(catalog: &Catalog, page: i64) -> Result<Tagged, AppError> {
+    catalog.cache.store.loaded().await;
     catalog
         .cache
-        .page(page, Box::pin(load_page(catalog, page)))
+        .page(page, Box::pin(render_page(catalog, page)))
         .await
 }
 
-async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
-    let index = catalog
-        .cache
-        .index(Box::pin(load_index(&catalog.db)))
-        .await?;
-    let total_items = index.len() as i64;
+async fn render_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
     let start = usize::try_from((page - 1).saturating_mul(PAGE_SIZE)).unwrap_or(usize::MAX);
-    let ids = index.get(start..).unwrap_or_default();
-    let ids = &ids[..ids.len().min(PAGE_SIZE as usize)];
-    let items = match (ids.first().copied(), ids.last().copied()) {
-        (Some(first), Some(last)) => {
-            catalog
-                .db
-                .read(|pool| async move {
-                    sqlx::query_as(
-                        "SELECT id, name, price, stock - reserved AS stock, per_user_limit, \
-                         sale_starts_at, sale_ends_at FROM products \
-                         WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
-                    )
-                    .bind(first)
-                    .bind(last)
-                    .bind(PAGE_SIZE)
-                    .fetch_all(&pool)
-                    .await
-                })
-                .await?
-        }
-        _ => Vec::new(),
-    };
+    let (products, total_items) = catalog
+        .cache
+        .store
+        .read(|all| {
+            let from = start.min(all.len());
+            let to = from.saturating_add(PAGE_SIZE as usize).min(all.len());
+            (all[from..to].to_vec(), all.len() as i64)
+        })
+        .unwrap_or_default();
+    let figures = figures(catalog, &products).await?;
+    let items = products
+        .into_iter()
+        .zip(figures)
+        .map(|(p, (stock, _))| ProductSummary {
+            id: p.id,
+            name: p.name,
+            price: p.price,
+            stock,
+            per_user_limit: p.per_user_limit,
+            sale_starts_at: p.sale_starts_at,
+            sale_ends_at: p.sale_ends_at,
+        })
+        .collect();
     let page = ProductPage {
         page,
         page_size: PAGE_SIZE,
@@ -87,67 +109,79 @@ async fn load_page(catalog: &Catalog, page: i64) -> Result<Bytes, AppError> {
     ))
 }
 
-async fn load_index(db: &Reader) -> Result<Vec<i64>, AppError> {
-    Ok(db
-        .read(|pool| async move {
-            sqlx::query_scalar("SELECT id FROM products ORDER BY id")
-                .fetch_all(&pool)
-                .await
+/// `(stock, sold)` of each product: the live figures; the row as loaded for a product
+/// without a counter (no change since Redis last lost it); MySQL for those Redis cannot
+/// answer for (one query for all of them).
+async fn figures(
+    catalog: &Catalog,
+    products: &[ProductDetail],
+) -> Result<Vec<(i64, i64)>, AppError> {
+    let ids: Vec<i64> = products.iter().map(|p| p.id).collect();
+    let live = catalog.stock.live_many(&ids).await;
+    let unavailable: Vec<i64> = ids
+        .iter()
+        .zip(&live)
+        .filter(|(_, l)| **l == Live::Unavailable)
+        .map(|(id, _)| *id)
+        .collect();
+    let from_mysql = figures_from_mysql(&catalog.db, &unavailable).await?;
+    Ok(products
+        .iter()
+        .zip(live)
+        .map(|(p, live)| match live {
+            Live::Counter { avail, sold } => (avail.max(0), sold),
+            Live::NoCounter => (p.stock.max(0), p.sold),
+            Live::Unavailable => from_mysql
+                .get(&p.id)
+                .copied()
+                .unwrap_or((p.stock.max(0), p.sold)),
         })
-        .await?)
+        .collect())
 }
 
-/// A product with live `stock` and `sold`, in at most one Redis round trip: the cached row
-/// supplies name and price, the stock gate's counter the figures (MySQL when Redis cannot
-/// answer; the cached row when the product has no counter, i.e. no reservation since Redis
-/// last lost it).
+async fn figures_from_mysql(
+    db: &Reader,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, (i64, i64)>, AppError> {
+    let (Some(first), Some(last)) = (ids.first().copied(), ids.last().copied()) else {
+        return Ok(Default::default());
+    };
+    let rows: Vec<(i64, i64, i64)> = db
+        .read(|pool| async move {
+            sqlx::query_as(
+                "SELECT id, stock - reserved, sold FROM products WHERE id BETWEEN ? AND ?",
+            )
+            .bind(first)
+            .bind(last)
+            .fetch_all(&pool)
+            .await
+        })
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(id, ..)| ids.contains(id))
+        .map(|(id, stock, sold)| (id, (stock, sold)))
+        .collect())
+}
+
+/// A product with its live `stock` and `sold`: no I/O for a product in memory whose
+/// figures the feed brought, one Redis round trip the first time this instance shows it.
 pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppError> {
-    let (row, live) = match catalog.cache.cached_row(id).await {
-        Some(row) => (row, catalog.stock.live(id).await),
-        None => {
-            let (live, l2) = catalog
-                .stock
-                .live_with(id, &catalog.cache.row_key(id))
-                .await;
-            let row = catalog
-                .cache
-                .row(id, l2, Box::pin(load_detail(&catalog.db, id)))
-                .await?;
-            (row, live)
-        }
-    };
-    let (stock, sold) = match live {
-        Live::Counter { avail, sold } => (avail, sold),
-        Live::NoCounter => (row.stock, row.sold),
-        Live::Unavailable => {
-            let now = load_detail(&catalog.db, id).await?;
-            (now.stock, now.sold)
-        }
-    };
+    let product = catalog.product(id).await?;
+    let (stock, sold) = figures(catalog, std::slice::from_ref(&product))
+        .await?
+        .pop()
+        .unwrap_or((product.stock, product.sold));
     Ok(ProductDetail {
-        stock: stock.max(0),
+        stock,
         sold,
-        ..(*row).clone()
+        ..product
     })
-}
-
-/// A product as MySQL (or a fresh replica) has it now.
-pub async fn load_detail(db: &Reader, id: i64) -> Result<ProductDetail, AppError> {
-    db.read(|pool| async move {
-        sqlx::query_as(&format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&pool)
-        .await
-    })
-    .await?
-    .ok_or(AppError::ProductNotFound)
 }
 
 /// Top `TOP_N` by units sold (net of refunds) in PAID orders over the window, ties by
 /// lower product id: from the ranking's sorted sets, or from MySQL when Redis cannot
-/// answer; held in L1 for a couple of seconds, as the JSON to send.
+/// answer; held for a couple of seconds, as the JSON to send.
 pub async fn top(catalog: &Catalog, days: i64) -> Result<Tagged, AppError> {
     // Boxed: loaders are moved into the cache's single-flight by value.
     catalog
@@ -166,23 +200,11 @@ async fn load_top(catalog: &Catalog, days: i64) -> Result<Bytes, AppError> {
     };
     let mut items = Vec::with_capacity(totals.len());
     for (product_id, sold) in totals {
-        let product = match catalog.cache.cached_row(product_id).await {
-            Some(row) => row,
-            None => {
-                catalog
-                    .cache
-                    .row(
-                        product_id,
-                        None,
-                        Box::pin(load_detail(&catalog.db, product_id)),
-                    )
-                    .await?
-            }
-        };
+        let product = catalog.product(product_id).await?;
         items.push(TopItem {
             rank: items.len() as i64 + 1,
             product_id,
-            name: product.name.clone(),
+            name: product.name,
             price: product.price,
             sold,
         });

@@ -5,18 +5,15 @@
 //! its subscription reloads everything (it may have missed messages).
 //!
 //! Loaded at start-up in the background, 10,000 rows a query in id order (from the replica
-//! when one is fresh). Until the first load ends the store answers `None` and callers take
-//! their MySQL path; a product refreshed while a full load runs is refreshed again after it,
-//! so the load cannot bring back an older row.
+//! when one is fresh). Until the first load ends the store answers `None`, and a read that
+//! needs it waits for it ([`CatalogStore::loaded`]); a product refreshed while a full load
+//! runs is refreshed again after it, so the load cannot bring back an older row.
 //!
 //! The stock figures kept here are MySQL's as of the load: the live ones come from the
 //! stock gate.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, RwLock,
-    },
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -39,7 +36,8 @@ struct Inner {
     db: Reader,
     /// Every product, ascending by id.
     products: RwLock<Vec<ProductDetail>>,
-    loaded: AtomicBool,
+    /// Whether the first full load has ended.
+    loaded: tokio::sync::watch::Sender<bool>,
     /// While a full load runs: the products refreshed meanwhile.
     refreshed_during_load: Mutex<Option<Vec<i64>>>,
     /// One full load at a time.
@@ -52,7 +50,7 @@ impl CatalogStore {
             inner: Arc::new(Inner {
                 db,
                 products: RwLock::default(),
-                loaded: AtomicBool::new(false),
+                loaded: tokio::sync::watch::Sender::new(false),
                 refreshed_during_load: Mutex::default(),
                 loading: tokio::sync::Mutex::new(()),
             }),
@@ -61,7 +59,14 @@ impl CatalogStore {
 
     /// Whether the first full load has ended (before it, every lookup is `None`).
     pub fn is_loaded(&self) -> bool {
-        self.inner.loaded.load(Ordering::Acquire)
+        *self.inner.loaded.borrow()
+    }
+
+    /// Waits for the first full load (at start-up, a second or so for 100,000 products;
+    /// the request's own timeout bounds the wait when MySQL is down).
+    pub async fn loaded(&self) {
+        let mut loaded = self.inner.loaded.subscribe();
+        let _ = loaded.wait_for(|l| *l).await;
     }
 
     /// The product with `id`, if loaded and known.
@@ -147,7 +152,7 @@ impl CatalogStore {
         if let Ok(mut products) = self.inner.products.write() {
             *products = all;
         }
-        self.inner.loaded.store(true, Ordering::Release);
+        self.inner.loaded.send_replace(true);
         for id in refreshed {
             self.refresh(id).await?;
         }

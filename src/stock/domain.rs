@@ -86,7 +86,19 @@ pub enum Live {
     Unavailable,
 }
 
+/// The reply of `HMGET <product> avail sold v`.
+pub type Figures = (Option<i64>, Option<i64>, Option<u64>);
+
 impl Live {
+    /// The reply of `HMGET <product> avail sold v`: the figures and their version (0 when
+    /// there is no counter).
+    pub fn read((avail, sold, version): Figures) -> (Live, u64) {
+        match Live::from_counter((avail, sold)) {
+            Live::Counter { avail, sold } => (Live::Counter { avail, sold }, version.unwrap_or(0)),
+            other => (other, 0),
+        }
+    }
+
     /// The reply of `HMGET key avail sold`.
     pub fn from_counter(figures: (Option<i64>, Option<i64>)) -> Self {
         match figures {
@@ -95,6 +107,41 @@ impl Live {
                 sold,
             },
             _ => Live::NoCounter,
+        }
+    }
+}
+
+/// A message of the live feed: `"<product id> <avail> <sold> <version>"` (`lua/live.lua`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveMessage {
+    pub product_id: i64,
+    pub avail: i64,
+    pub sold: i64,
+    pub version: u64,
+}
+
+impl LiveMessage {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let message = Self {
+            product_id: parts.next()?.parse().ok()?,
+            avail: parts.next()?.parse().ok()?,
+            sold: parts.next()?.parse().ok()?,
+            version: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(message)
+    }
+
+    /// The figures a script published, appended to its reply after its own `base` fields.
+    pub fn appended(product_id: i64, reply: &[i64], base: usize) -> Option<Self> {
+        match reply.get(base..)? {
+            [avail, sold, version] => Some(Self {
+                product_id,
+                avail: *avail,
+                sold: *sold,
+                version: u64::try_from(*version).ok()?,
+            }),
+            _ => None,
         }
     }
 }
@@ -187,6 +234,32 @@ mod tests {
             Live::Counter { avail: 0, sold: 5 }
         );
         assert_eq!(Live::from_counter((None, None)), Live::NoCounter);
+    }
+
+    #[test]
+    fn live_messages_and_reads_parse() {
+        assert_eq!(
+            LiveMessage::parse("42 -1 7 1764451200000001"),
+            Some(LiveMessage {
+                product_id: 42,
+                avail: -1,
+                sold: 7,
+                version: 1_764_451_200_000_001
+            })
+        );
+        for bad in ["", "42 1 2", "42 1 2 3 4", "x 1 2 3", "42 1 2 -3"] {
+            assert_eq!(LiveMessage::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            Live::read((Some(3), Some(1), Some(9))),
+            (Live::Counter { avail: 3, sold: 1 }, 9)
+        );
+        assert_eq!(Live::read((None, None, None)), (Live::NoCounter, 0));
+        assert_eq!(
+            LiveMessage::appended(7, &[1, 4, 4, 2, 99], 2).map(|m| (m.avail, m.sold, m.version)),
+            Some((4, 2, 99))
+        );
+        assert_eq!(LiveMessage::appended(7, &[1, 4], 2), None);
     }
 
     #[test]

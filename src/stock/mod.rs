@@ -19,10 +19,15 @@
 //! once its deadline passes; every other drift is repaired by [`StockGate::sync`], which
 //! holds the products' shared row locks for one pipelined round trip while it rewrites
 //! their hashes, so no order of those products commits halfway through. A product whose
-//! bookkeeping call failed (a Redis timeout) is re-synced within a second, not at the next
-//! full reconcile.
+//! bookkeeping call failed (a Redis timeout), or found the key missing, is re-synced within
+//! a second, not at the next full reconcile.
+//!
+//! Every script that changes a product's figures also publishes them ([`live`]): each
+//! instance keeps them in memory, so reading a product's stock costs no round trip, and a
+//! sold-out product's "units are back" reaches every instance the same way.
 
 pub mod domain;
+pub mod live;
 
 use std::{
     collections::HashMap,
@@ -33,8 +38,10 @@ use std::{
 use redis::PushKind;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-use domain::{product_of_key, ReserveReply};
+use domain::{product_of_key, LiveMessage, ReserveReply};
 pub use domain::{Finish, Gate, Hold, Live};
+pub use live::LiveChange;
+use live::LiveFigures;
 
 use crate::{
     db,
@@ -46,8 +53,8 @@ use crate::{
 const SYNC_BATCH: usize = 100;
 /// How often products whose Redis bookkeeping failed are re-synced.
 const REPAIR_EVERY: Duration = Duration::from_millis(200);
-/// The channel on which "units of product N can be ordered again" is announced.
-const UNITS_BACK: &str = "events:stock";
+/// The channel of the figures the scripts publish (`lua/live.lua` names it the same).
+const LIVE: &str = "events:live";
 
 /// Product → the holds that ended in MySQL while Redis was not told.
 type Dirty = HashMap<i64, Vec<String>>;
@@ -68,9 +75,13 @@ pub struct StockGate {
     scripts: Arc<Scripts>,
     /// One rebuild per product at a time in this instance; concurrent misses wait for it.
     rebuilds: moka::future::Cache<i64, ()>,
-    /// Products the gate said were sold out, answered from memory until units come back
-    /// (announced on [`UNITS_BACK`]) or the entry's lifetime ends.
+    /// Products the gate said were sold out, answered from memory until the feed shows
+    /// units again or the entry's lifetime ends.
     sold_out: Option<moka::future::Cache<i64, ()>>,
+    /// The products' figures in memory, fed by the scripts.
+    live: Arc<LiveFigures>,
+    /// Reads of figures this instance had to ask Redis for (not in memory).
+    live_asked: Arc<std::sync::atomic::AtomicU64>,
     /// Products whose Redis bookkeeping failed, to re-sync from MySQL, with the holds whose
     /// end (paid, cancelled, expired, refused) Redis may not have heard of.
     dirty: Arc<Mutex<Dirty>>,
@@ -94,10 +105,10 @@ impl StockGate {
             enabled,
             hold_window,
             scripts: Arc::new(Scripts {
-                reserve: redis::Script::new(include_str!("lua/reserve.lua")),
-                settle: redis::Script::new(include_str!("lua/settle.lua")),
-                finish: redis::Script::new(include_str!("lua/finish.lua")),
-                sync: redis::Script::new(include_str!("lua/sync.lua")),
+                reserve: with_feed(include_str!("lua/reserve.lua")),
+                settle: with_feed(include_str!("lua/settle.lua")),
+                finish: with_feed(include_str!("lua/finish.lua")),
+                sync: with_feed(include_str!("lua/sync.lua")),
             }),
             rebuilds: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -111,6 +122,8 @@ impl StockGate {
             }),
             dirty: Arc::default(),
             rebuilt: Arc::default(),
+            live: Arc::default(),
+            live_asked: Arc::default(),
         }
     }
 
@@ -184,9 +197,11 @@ impl StockGate {
                         .arg(self.hold_window.as_millis() as u64)
                         .arg(user_id),
                 )
-                .await
-                .map(ReserveReply::parse);
-            match reply {
+                .await;
+            if let Ok(reply) = &reply {
+                self.learn(product_id, reply, 2);
+            }
+            match reply.map(ReserveReply::parse) {
                 Ok(ReserveReply::Reserved) => return outcome(Gate::Reserved, "reserved"),
                 Ok(ReserveReply::Refused { available }) => {
                     if available <= 0 {
@@ -231,10 +246,15 @@ impl StockGate {
         for (hold, quantity, user) in holds {
             call.arg(hold.as_str()).arg(*quantity).arg(*user);
         }
-        match self.redis.script::<(i64, i64)>(&call).await {
+        let reply = self.redis.script::<Vec<i64>>(&call).await;
+        if let Ok(reply) = &reply {
+            self.learn(product_id, reply, 2);
+        }
+        match reply.as_deref() {
             // Units taken now that Redis had not reserved: a negative count means Redis
-            // had drifted below MySQL; bring the product back from MySQL.
-            Ok((_, avail)) if avail < 0 => self.mark_dirty(product_id),
+            // had drifted below MySQL; bring the product back from MySQL. No key: MySQL
+            // changed without Redis; build it, so every instance hears the new figures.
+            Ok([taken, avail, ..]) if *avail < 0 || *taken < 0 => self.mark_dirty(product_id),
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(product_id, error = %e, "settling reservations failed; re-syncing the product");
@@ -255,13 +275,21 @@ impl StockGate {
         for hold in holds {
             call.arg(hold.as_str());
         }
-        match self.redis.script::<(i64, i64)>(&call).await {
-            Ok((0, _)) => {}
-            Ok((moved, avail)) => {
+        let reply = self.redis.script::<Vec<i64>>(&call).await;
+        if let Ok(reply) = &reply {
+            self.learn(product_id, reply, 2);
+        }
+        match reply.as_deref() {
+            // No key: MySQL changed without Redis; build it, so every instance hears the
+            // new figures.
+            Ok([0, -1, ..]) => self.mark_dirty(product_id),
+            Ok([0, ..]) => {}
+            Ok(_) => {
                 metrics::counter!("stock_reservations_total", "outcome" => how.label())
                     .increment(holds.len() as u64);
-                if how.returns_units() && moved > 0 && avail > 0 {
-                    self.units_back(product_id).await;
+                if how.returns_units() {
+                    // This instance at once; the others (and this one again) by the feed.
+                    self.forget_sold_out(product_id).await;
                 }
             }
             Err(e) => {
@@ -271,96 +299,153 @@ impl StockGate {
         }
     }
 
-    /// Live `(available, sold)` from the product's Redis counter.
+    /// Live `(available, sold)`: from memory when the feed has brought them (or a read
+    /// before), else from the product's Redis hash (kept for the next read).
     ///
     /// A read does not build a missing key (a 100,000-product catalog browsed at random
     /// would turn every first view into a locking MySQL read): a product without a counter
-    /// has had no reservation since Redis last lost it, so its row as cached is current.
+    /// has had no change since Redis last lost it, so its row as loaded is current.
     pub async fn live(&self, product_id: i64) -> Live {
-        if !self.enabled {
-            return Live::Unavailable;
-        }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.product_key(product_id))
-            .arg("avail")
-            .arg("sold");
-        match self.redis.cmd::<(Option<i64>, Option<i64>)>(&cmd).await {
-            Ok(figures) => Live::from_counter(figures),
-            Err(_) => Live::Unavailable,
-        }
-    }
-
-    /// The live figures and the string at `row_key` (a key in the product's slot), in one
-    /// round trip.
-    pub async fn live_with(&self, product_id: i64, row_key: &str) -> (Live, Option<Vec<u8>>) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.product_key(product_id))
-            .arg("avail")
-            .arg("sold")
-            .cmd("GET")
-            .arg(row_key);
-        match self
-            .redis
-            .pipe::<((Option<i64>, Option<i64>), Option<Vec<u8>>)>(&pipe)
+        self.live_many(&[product_id])
             .await
-        {
-            Ok((figures, row)) if self.enabled => (Live::from_counter(figures), row),
-            Ok((_, row)) => (Live::Unavailable, row),
-            Err(_) => (Live::Unavailable, None),
+            .pop()
+            .unwrap_or(Live::Unavailable)
+    }
+
+    /// [`Self::live`] of several products: from memory, and one round trip (pipelined on
+    /// the connection) for the ones not there.
+    pub async fn live_many(&self, ids: &[i64]) -> Vec<Live> {
+        if !self.enabled {
+            return vec![Live::Unavailable; ids.len()];
+        }
+        let mut found: Vec<Option<Live>> = ids.iter().map(|id| self.live.get(*id)).collect();
+        let hits = found.iter().filter(|l| l.is_some()).count();
+        count_live("hit", hits);
+        count_live("miss", ids.len() - hits);
+        if hits == ids.len() {
+            return found.into_iter().flatten().collect();
+        }
+        let epoch = self.live.epoch();
+        self.live_asked.fetch_add(
+            (ids.len() - hits) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let reads = ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(id, _)| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.product_key(*id))
+                    .arg("avail")
+                    .arg("sold")
+                    .arg("v");
+                async move { (*id, self.redis.cmd::<domain::Figures>(&cmd).await) }
+            });
+        let read: HashMap<i64, Live> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .map(|(id, reply)| match reply {
+                Ok(figures) => {
+                    let (live, version) = Live::read(figures);
+                    self.live.offer(id, live, version, epoch);
+                    (id, live)
+                }
+                Err(_) => (id, Live::Unavailable),
+            })
+            .collect();
+        for (slot, id) in found.iter_mut().zip(ids) {
+            if slot.is_none() {
+                *slot = read.get(id).copied();
+            }
+        }
+        found
+            .into_iter()
+            .map(|l| l.unwrap_or(Live::Unavailable))
+            .collect()
+    }
+
+    /// Products whose figures change, as the feed brings them (pages that show them).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<LiveChange> {
+        self.live.changes()
+    }
+
+    /// What a script of this instance published (appended to its reply after its `base`
+    /// own fields), known here at once rather than when the feed brings it back.
+    fn learn(&self, product_id: i64, reply: &[i64], base: usize) {
+        if let Some(m) = LiveMessage::appended(product_id, reply, base) {
+            self.live.apply(m.product_id, m.avail, m.sold, m.version);
         }
     }
 
-    /// Tells every instance (this one too) that `product_id` has units again, so that none
-    /// keeps refusing it from memory.
-    pub async fn units_back(&self, product_id: i64) {
+    async fn forget_sold_out(&self, product_id: i64) {
         if let Some(memory) = &self.sold_out {
             memory.invalidate(&product_id).await;
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish
-            .arg(self.redis.key(UNITS_BACK))
-            .arg(product_id.to_string());
-        if let Err(e) = self.redis.cmd::<i64>(&publish).await {
-            tracing::debug!(product_id, error = %e, "units-back not announced; other instances forget within the memory's lifetime");
-        }
     }
 
-    /// Forgets sold-out answers when another instance announces units back, until the
-    /// process ends (resubscribing after a lost connection, and forgetting everything then:
-    /// announcements may have been missed).
+    /// Applies the scripts' messages to the figures in memory until the process ends,
+    /// resubscribing after a lost connection (and starting from empty then: messages may
+    /// have been missed). A message with units available also ends a sold-out answer.
     pub fn spawn_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let memory = self.sold_out.clone()?;
-        let redis = self.redis.clone();
-        let channel = redis.key(UNITS_BACK);
+        if !self.enabled {
+            return None;
+        }
+        let gate = self.clone();
+        let channel = gate.redis.key(LIVE);
         Some(tokio::spawn(async move {
             loop {
-                match redis.subscribe(std::slice::from_ref(&channel)).await {
+                match gate.redis.subscribe(std::slice::from_ref(&channel)).await {
                     Ok(mut pushes) => {
                         while let Some(push) = pushes.recv().await {
                             match push.kind {
-                                PushKind::Message => {
-                                    let id = push.data.last().and_then(|v| {
-                                        redis::from_redis_value::<String>(v.clone()).ok()
-                                    });
-                                    match id.and_then(|id| id.parse::<i64>().ok()) {
-                                        Some(id) => memory.invalidate(&id).await,
-                                        None => memory.invalidate_all(),
-                                    }
-                                }
-                                PushKind::Disconnection | PushKind::Subscribe => {
-                                    memory.invalidate_all()
-                                }
+                                PushKind::Message => gate.on_message(&push.data).await,
+                                PushKind::Subscribe => gate.on_feed(true),
+                                PushKind::Disconnection => gate.on_feed(false),
                                 _ => {}
                             }
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "units-back listener not subscribed"),
+                    Err(e) => tracing::debug!(error = %e, "live stock listener not subscribed"),
                 }
-                memory.invalidate_all();
+                gate.on_feed(false);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }))
+    }
+
+    async fn on_message(&self, data: &[redis::Value]) {
+        let text = data
+            .last()
+            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+        match text.as_deref().and_then(LiveMessage::parse) {
+            Some(m) => {
+                metrics::counter!("stock_live_messages_total").increment(1);
+                self.live.apply(m.product_id, m.avail, m.sold, m.version);
+                if m.avail > 0 {
+                    self.forget_sold_out(m.product_id).await;
+                }
+            }
+            None => self.on_feed(true),
+        }
+    }
+
+    /// The feed (re)started or stopped: what was in memory may be stale either way.
+    fn on_feed(&self, up: bool) {
+        self.live.reset(up);
+        if let Some(memory) = &self.sold_out {
+            memory.invalidate_all();
+        }
+        metrics::gauge!("stock_live_feed_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// How many products' figures this instance holds in memory, and how many reads of
+    /// figures it has had to ask Redis for since start.
+    pub fn live_counts(&self) -> (usize, u64) {
+        (
+            self.live.products(),
+            self.live_asked.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn mark_dirty(&self, product_id: i64) {
@@ -435,26 +520,21 @@ impl StockGate {
         ids.dedup();
         let gate = self.clone();
         let ended = Arc::new(ended.clone());
-        let (count, back) = db::transact(&self.db, move |tx| {
+        db::transact(&self.db, move |tx| {
             let (gate, ids, ended) = (gate.clone(), ids.clone(), ended.clone());
             Box::pin(async move { gate.sync_in(tx, &ids, &ended).await })
         })
-        .await?;
-        // Announced once the locks are gone.
-        for id in back {
-            self.units_back(id).await;
-        }
-        Ok(count)
+        .await
     }
 
-    /// Rewrites the hashes; returns how many products exist and which of them have units
-    /// again after none.
+    /// Rewrites the hashes (the scripts publish what changed); returns how many products
+    /// exist.
     async fn sync_in(
         &self,
         tx: &mut MySqlConnection,
         ids: &[i64],
         ended: &Dirty,
-    ) -> Result<(usize, Vec<i64>), AppError> {
+    ) -> Result<usize, AppError> {
         let mut products = QueryBuilder::new(
             "SELECT id, stock - reserved, sold, per_user_limit FROM products WHERE id IN (",
         );
@@ -463,7 +543,7 @@ impl StockGate {
         let products: Vec<(i64, i64, i64, Option<i64>)> =
             products.build_query_as().fetch_all(&mut *tx).await?;
         if products.is_empty() {
-            return Ok((0, Vec::new()));
+            return Ok(0);
         }
         let mut pending = QueryBuilder::new(
             "SELECT product_id, hold, quantity, user_id FROM orders WHERE status = 'PENDING' AND product_id IN (",
@@ -524,9 +604,13 @@ impl StockGate {
             })
             .collect();
         // Every product's script in one pipelined round trip, while the locks are held.
-        let replies: Vec<(i64, i64)> = self.redis.background().scripts(&calls).await?;
-        let mut back = Vec::new();
-        for ((id, ..), (before, after)) in products.iter().zip(replies) {
+        let replies: Vec<Vec<i64>> = self.redis.background().scripts(&calls).await?;
+        for ((id, ..), reply) in products.iter().zip(replies) {
+            self.learn(*id, &reply, 2);
+            let (before, after) = match reply.as_slice() {
+                [before, after, ..] => (*before, *after),
+                _ => continue,
+            };
             if before >= 0 && before != after {
                 metrics::counter!("stock_drift_repaired_total").increment(1);
                 tracing::info!(
@@ -536,11 +620,8 @@ impl StockGate {
                     "repaired available stock in Redis"
                 );
             }
-            if after > 0 && before <= 0 {
-                back.push(*id);
-            }
         }
-        Ok((products.len(), back))
+        Ok(products.len())
     }
 
     /// Repairs every product hash present in Redis (start-up, every interval, and when
@@ -578,6 +659,18 @@ fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);
+    }
+}
+
+/// A script with the feed's prelude (`lua/live.lua`) before it.
+fn with_feed(script: &str) -> redis::Script {
+    redis::Script::new(&format!("{}\n{script}", include_str!("lua/live.lua")))
+}
+
+fn count_live(result: &'static str, n: usize) {
+    if n > 0 {
+        metrics::counter!("cache_requests_total", "cache" => "stock", "layer" => "memory", "result" => result)
+            .increment(n as u64);
     }
 }
 

@@ -1,9 +1,15 @@
 //! SPEC C1, C2 and the product detail.
 
 use chrono::{Duration, Utc};
+use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use commerce_api::config::RedisTarget;
+
+use crate::{
+    helpers::{eventually, redis_url, spawn_app, spawn_sharing, TestApp},
+    proxy::{Mode, Proxy},
+};
 
 #[tokio::test]
 async fn c1_products_are_listed_twenty_per_page_by_id() {
@@ -158,4 +164,142 @@ async fn the_demo_seed_shows_a_ranking_at_once_and_every_invariant_holds() {
     assert!(!commerce_api::seed::demo_if_empty(&app.state.db, size)
         .await
         .unwrap());
+}
+
+// Issue 19: the catalog in process and live stock without a round trip.
+
+/// The longest another instance may show figures from before a change: the stock gate's
+/// feed message on its way.
+const FEED_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn stock_on(app: &TestApp, product: i64) -> (String, i64) {
+    let d = app.get(&format!("/v1/products/{product}"), None).await;
+    let d = d.assert_status(200);
+    (
+        d["name"].as_str().unwrap_or_default().to_string(),
+        d["stock"].as_i64().unwrap_or(-1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_in_memory_a_product_costs_no_round_trip_even_while_it_is_bought() {
+    let a = spawn_app().await;
+    let b = spawn_sharing(&a, |_| {}).await;
+    let product = a.create_product(100, 10).await;
+    let (user, token) = a.funded_user(10_000).await;
+    assert_eq!(stock_on(&b, product).await.1, 10);
+    let (_, asked) = b.state.stock.live_counts();
+    for left in [8, 6, 4] {
+        let order = a.order(user, &token, product, 2, 100).await;
+        let order = order.assert_status(201)["order_id"].as_i64().unwrap();
+        if left == 6 {
+            a.pay(&token, order).await.assert_status(201);
+        }
+        eventually(FEED_DELAY, "B to show the order", || async {
+            match stock_on(&b, product).await {
+                (_, stock) if stock == left => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    let page = b.get("/v1/products", None).await;
+    assert_eq!(page.assert_status(200)["items"][0]["stock"], 4);
+    let detail = b.get(&format!("/v1/products/{product}"), None).await;
+    assert_eq!(detail.assert_status(200)["sold"], 2);
+    assert_eq!(
+        b.state.stock.live_counts().1,
+        asked,
+        "B asked Redis for figures the feed had brought"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_invalidation_channel_cut_figures_stay_right_and_every_write_shows_once_back() {
+    let a = spawn_app().await;
+    // B on A's database and prefix, its Redis through a proxy the test cuts.
+    let proxy = Proxy::start(
+        redis_url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/'),
+    )
+    .await;
+    let url = proxy.url.clone();
+    let b = spawn_sharing(&a, |c| c.redis = RedisTarget::Single(url)).await;
+    let product = a.create_product(100, 10).await;
+    let (user, token) = a.funded_user(10_000).await;
+    assert_eq!(stock_on(&b, product).await, ("thing".to_string(), 10));
+    b.get("/v1/products", None).await.assert_status(200);
+
+    // Cut: B hears nothing (and reaches no Redis) while A writes.
+    proxy.set(Mode::Refuse).await;
+    a.admin(
+        Method::PATCH,
+        &format!("/v1/admin/products/{product}"),
+        json!({"name": "renamed"}),
+    )
+    .await
+    .assert_status(200);
+    a.order(user, &token, product, 3, 100)
+        .await
+        .assert_status(201);
+    // Without the feed B does not trust what it had: the figures come from MySQL.
+    assert_eq!(stock_on(&b, product).await.1, 7);
+
+    // Back: B resubscribes, drops what it had and reloads the catalog.
+    proxy.set(Mode::Forward).await;
+    eventually(
+        std::time::Duration::from_secs(5),
+        "B to show the write made during the cut",
+        || async {
+            let detail = stock_on(&b, product).await;
+            let page = b.get("/v1/products", None).await;
+            let item = &page.body["items"][0];
+            match (detail, item["name"].as_str(), item["stock"].as_i64()) {
+                ((name, 7), Some("renamed"), Some(7)) if name == "renamed" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_cancel_of_a_product_whose_key_redis_lost_reaches_every_instance() {
+    let a = spawn_app().await;
+    let b = spawn_sharing(&a, |_| {}).await;
+    let product = a.create_product(100, 10).await;
+    let (user, token) = a.funded_user(10_000).await;
+    let order = a.order(user, &token, product, 4, 100).await;
+    let order = order.assert_status(201)["order_id"].as_i64().unwrap();
+    eventually(FEED_DELAY, "B to show the order", || async {
+        match stock_on(&b, product).await.1 {
+            6 => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    // Redis loses the product's key; then the order is cancelled in MySQL.
+    let key = format!("{}{{p{product}}}", a.config.redis_prefix);
+    let _: i64 = a.redis_cmd(redis::cmd("DEL").arg(&key)).await;
+    a.post(
+        &format!("/v1/orders/{order}/cancel"),
+        Some(&token),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    // The cancel found no key: the product is rebuilt from MySQL and its figures reach B.
+    eventually(
+        std::time::Duration::from_secs(2),
+        "B to show the cancel",
+        || async {
+            match stock_on(&b, product).await.1 {
+                10 => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    a.assert_redis_matches_mysql(product).await;
 }

@@ -543,6 +543,26 @@ impl TestApp {
     }
 }
 
+/// Asks `check` every 10 ms until it answers `Some`, and returns that; after `within`,
+/// fails saying what it waited for and what the last answer was. Every wait of the suite
+/// goes through here, so none can hang.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if start.elapsed() >= within => {
+                panic!("waited {within:?} for {what}; the last check said: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Waits until `n` statements starting with `sql` are running (blocked on a lock).
 pub async fn until_running(app: &TestApp, sql: &str, n: i64) {
     let start = std::time::Instant::now();

@@ -6,7 +6,8 @@
 -- units stay counted (a PAID order holds its units for the limit).
 -- Ending a reservation that was never settled leaves a tombstone x:<hold> (until ARGV[2]
 -- ms from now), so that a late settle does not take the units again.
--- Returns {units moved, avail after} ({0, -1} without a counter).
+-- Returns {units moved, avail after} ({0, -1} without a counter), and the published
+-- figures when units moved.
 local key = KEYS[1]
 if redis.call('HEXISTS', key, 'avail') == 0 then
   return {0, -1}
@@ -45,5 +46,6 @@ for i = 3, #ARGV do
 end
 if moved > 0 then
   redis.call('HINCRBY', key, ARGV[1], moved)
+  return with_live({moved, tonumber(redis.call('HGET', key, 'avail'))}, publish_live(key))
 end
 return {moved, tonumber(redis.call('HGET', key, 'avail'))}

@@ -4,8 +4,8 @@
 -- With a per-customer limit (the field 'limit', written from MySQL by sync.lua) the user's
 -- units (PENDING, PAID and in flight) are checked and counted in this same call, so two
 -- orders of one user can never both pass it.
--- Returns {1, avail_after} reserved, {0, avail} refused for stock, {2, held, limit} refused
--- by the limit, {-1, 0} key missing (rebuild).
+-- Returns {1, avail_after, <published: avail, sold, version>} reserved, {0, avail} refused
+-- for stock, {2, held, limit} refused by the limit, {-1, 0} key missing (rebuild).
 local key = KEYS[1]
 local avail = redis.call('HGET', key, 'avail')
 if not avail then
@@ -32,4 +32,4 @@ local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 redis.call('HINCRBY', key, 'avail', -q)
 redis.call('HSET', key, 'r:' .. ARGV[1], string.format('%d:%d:%s', q, deadline, user))
-return {1, avail - q}
+return with_live({1, avail - q}, publish_live(key))

@@ -6,7 +6,8 @@
 -- unless the reservation has already ended (a tombstone x:<hold>: the order expired or
 -- was paid before this call). Without a counter there is nothing to settle: the next
 -- reservation builds it from MySQL.
--- Returns {holds whose units were taken now, avail after} ({-1, 0} without a counter).
+-- Returns {holds whose units were taken now, avail after} ({-1, 0} without a counter), and
+-- the published figures when units were taken.
 local key = KEYS[1]
 if redis.call('HEXISTS', key, 'avail') == 0 then
   return {-1, 0}
@@ -30,4 +31,8 @@ for i = 1, #ARGV, 3 do
     taken = taken + 1
   end
 end
-return {taken, tonumber(redis.call('HGET', key, 'avail'))}
+local reply = {taken, tonumber(redis.call('HGET', key, 'avail'))}
+if taken > 0 then
+  return with_live(reply, publish_live(key))
+end
+return reply

@@ -10,7 +10,8 @@
 -- their order never made it and they are dropped, like tombstones (x:) past theirs. An
 -- in-flight reservation of an ended order is dropped at once: MySQL already counts it.
 -- Under a limit each user's count is rebuilt: PAID + PENDING + still in flight.
--- Returns {avail before or -1, avail now}.
+-- Figures that changed (or a key built anew) are published.
+-- Returns {avail before or -1, avail now}, and the published figures when they changed.
 local key = KEYS[1]
 local limit = ARGV[3]
 local ended = {}
@@ -36,6 +37,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local before = tonumber(redis.call('HGET', key, 'avail') or '-1')
+local sold_before = redis.call('HGET', key, 'sold')
 local inflight = 0
 local all = redis.call('HGETALL', key)
 for i = 1, #all, 2 do
@@ -73,4 +75,7 @@ else
 end
 local avail = tonumber(ARGV[1]) - inflight
 redis.call('HSET', key, 'avail', avail, 'sold', ARGV[2])
+if before ~= avail or sold_before ~= ARGV[2] then
+  return with_live({before, avail}, publish_live(key))
+end
 return {before, avail}
