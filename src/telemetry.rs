@@ -47,6 +47,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "redis_calls_rejected_total",
         "stock_rebuilds_total",
         "stock_drift_repaired_total",
+        "stock_prewarms_total",
+        "stock_live_messages_total",
         "ranking_rebuilds_total",
         "ranking_days_repaired_total",
         "events_published_total",
@@ -68,6 +70,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "reserved",
         "sold_out",
         "sold_out_local",
+        "limit_reached",
         "mysql_fallback",
         "released",
         "expired",
@@ -79,17 +82,20 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     for (metric, outcome) in [
         ("orders_total", "placed"),
         ("orders_total", "OUT_OF_STOCK"),
+        ("orders_total", "PURCHASE_LIMIT_REACHED"),
+        ("orders_total", "INSUFFICIENT_POINTS"),
         ("payments_total", "completed"),
         ("payments_total", "INSUFFICIENT_POINTS"),
     ] {
         metrics::counter!(metric, "outcome" => outcome).absolute(0);
     }
-    for cache in ["product", "page", "top"] {
-        for (layer, result) in [("l1", "hit"), ("l1", "miss"), ("l2", "hit"), ("l2", "miss")] {
+    for (cache, layer) in [("page", "l1"), ("top", "l1"), ("stock", "memory")] {
+        for result in ["hit", "miss"] {
             metrics::counter!("cache_requests_total", "cache" => cache, "layer" => layer, "result" => result)
                 .absolute(0);
         }
     }
+    metrics::gauge!("stock_live_feed_up").set(0.0);
     Ok(handle)
 }
 

@@ -1,10 +1,10 @@
 BEGIN;
 SET @o = {order_min} + (CONNECTION_ID() % {blocks}) * {batch}, @u = 1 + (CONNECTION_ID() % {blocks}) * {batch};
 SELECT id, user_id, product_id, quantity, unit_price, total_amount, status, created_at, expires_at, paid_at, hold FROM orders WHERE id BETWEEN @o AND @o + {batch} - 1 ORDER BY id FOR UPDATE;
-SELECT id, balance FROM users WHERE id BETWEEN @u AND @u + {batch} - 1 ORDER BY id FOR UPDATE;
-SELECT price, stock, reserved, sold FROM products WHERE id = {product} FOR UPDATE;
+SELECT id, balance, held FROM users WHERE id BETWEEN @u AND @u + {batch} - 1 ORDER BY id FOR UPDATE;
+SELECT price, stock, reserved, sold, per_user_limit, sale_starts_at, sale_ends_at, UTC_TIMESTAMP(6) FROM products WHERE id = {product} FOR UPDATE;
 UPDATE products SET stock = stock - {batch}, reserved = reserved - {batch}, sold = sold + {batch}, updated_at = NOW(6) WHERE id = {product};
-UPDATE users SET balance = balance - 1 WHERE id BETWEEN @u AND @u + {batch} - 1;
+UPDATE users SET balance = balance - 1, held = GREATEST(held - 1, 0) WHERE id BETWEEN @u AND @u + {batch} - 1;
 INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) SELECT id, 'USE', 1, 0, id, NOW(6) FROM users WHERE id BETWEEN @u AND @u + {batch} - 1;
 UPDATE orders SET paid_at = NOW(6), updated_at = NOW(6) WHERE id BETWEEN @o AND @o + {batch} - 1;
 INSERT INTO bench_payments (order_id, user_id, amount, status, balance_after, created_at) SELECT id, user_id, 1, 'COMPLETED', 0, NOW(6) FROM orders WHERE id BETWEEN @o AND @o + {batch} - 1;
