@@ -2,7 +2,12 @@
 //! the MySQL error numbers the service reacts to, and [`transact`], the retrying runner of
 //! plain transactions. A leaf: it imports nothing of this crate.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
 
 use chrono::{NaiveDateTime, Utc};
 use sqlx::{
@@ -24,6 +29,35 @@ pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 pub const ER_DUP_ENTRY: u16 = 1062;
 /// The server has no connection left for us.
 pub const ER_CON_COUNT_ERROR: u16 = 1040;
+/// The server refuses writes (`read_only`): it is a replica or a demoted primary, so the
+/// write address (HAProxy) sent us to the wrong server during a failover.
+pub const ER_OPTION_PREVENTS_STATEMENT: u16 = 1290;
+
+/// When a server last refused a write as read-only, in ms since the Unix epoch: every
+/// connection opened before it is closed instead of reused, so the pool reconnects through
+/// the write address to the server that is writable now.
+static READ_ONLY_SEEN_MS: AtomicU64 = AtomicU64::new(0);
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes note of what an error says about the server: a read-only refusal retires the
+/// connections opened until now (see [`READ_ONLY_SEEN_MS`]).
+pub fn note(e: &sqlx::Error) {
+    if mysql_error_number(e) == Some(ER_OPTION_PREVENTS_STATEMENT) {
+        READ_ONLY_SEEN_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        metrics::counter!("db_read_only_refusals_total").increment(1);
+        tracing::warn!("MySQL refused a write as read-only; reconnecting to the writable server");
+    }
+}
+
+/// Whether a connection `age` old was opened after the last read-only refusal.
+fn opened_since_read_only(age: Duration) -> bool {
+    let opened = unix_ms(SystemTime::now() - age);
+    opened > READ_ONLY_SEEN_MS.load(Ordering::Relaxed)
+}
 /// How long a session waits for a row lock before its statement fails with 1205.
 pub const LOCK_WAIT_SECS: u32 = 5;
 
@@ -84,6 +118,7 @@ fn options(max_connections: u32, acquire: Duration) -> MySqlPoolOptions {
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire)
+        .before_acquire(|_conn, meta| Box::pin(async move { Ok(opened_since_read_only(meta.age)) }))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -114,7 +149,8 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
     mysql_error_number(e).is_some_and(|n| n == ER_LOCK_DEADLOCK || n == ER_LOCK_WAIT_TIMEOUT)
 }
 
-/// Connection-level failures: the database is away, not the request at fault.
+/// Connection-level failures: the database is away (or, read-only, is not the primary any
+/// more), not the request at fault. Nothing was written; a retry is safe.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -123,7 +159,10 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
-    ) || mysql_error_number(e) == Some(ER_CON_COUNT_ERROR)
+    ) || matches!(
+        mysql_error_number(e),
+        Some(ER_CON_COUNT_ERROR | ER_OPTION_PREVENTS_STATEMENT)
+    )
 }
 
 /// An error type that can tell whether its transaction may simply run again.

@@ -180,9 +180,16 @@ pub enum AppError {
     #[error("the request did not finish within {0} ms")]
     Timeout(u128),
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        db::note(&e);
+        AppError::Database(e)
+    }
 }
 
 impl db::Retry for AppError {

@@ -43,6 +43,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     for name in [
         "orders_expired_total",
         "db_transaction_retries_total",
+        "db_read_only_refusals_total",
         "http_request_timeouts_total",
         "redis_calls_rejected_total",
         "stock_rebuilds_total",

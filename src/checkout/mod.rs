@@ -277,9 +277,17 @@ impl Engine {
                         Job::Pay { .. } => None,
                     })
                     .collect();
-                self.stock
-                    .finish(product_id, &holds, Finish::Abandoned)
-                    .await;
+                if e.code().code == "DEPENDENCY_UNAVAILABLE" {
+                    // MySQL went away mid-batch: it may have committed before the
+                    // connection broke. The gate learns which from MySQL once it answers
+                    // again (a reservation whose order exists is kept, the others given
+                    // back at once), without waiting for the periodic reconcile.
+                    self.stock.resync_ended(product_id, &holds);
+                } else {
+                    self.stock
+                        .finish(product_id, &holds, Finish::Abandoned)
+                        .await;
+                }
                 for p in pending {
                     p.answer(Err(e.duplicate()));
                 }

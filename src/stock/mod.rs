@@ -448,6 +448,13 @@ impl StockGate {
         )
     }
 
+    /// Re-syncs the product from MySQL as soon as it answers (the repairs, every 200 ms),
+    /// dropping the in-flight reservations of `holds` at once unless their orders exist:
+    /// for a batch whose commit may or may not have happened.
+    pub fn resync_ended(&self, product_id: i64, holds: &[Hold]) {
+        self.mark_ended(product_id, holds);
+    }
+
     fn mark_dirty(&self, product_id: i64) {
         self.mark_ended(product_id, &[]);
     }

@@ -13,6 +13,7 @@ mod haproxy;
 mod helpers;
 mod idempotency;
 mod kafka;
+mod mysql_faults;
 mod mysql_replica;
 mod openapi;
 mod ops;

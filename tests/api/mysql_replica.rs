@@ -1,28 +1,35 @@
-//! A MariaDB primary and its replica for one test: two `mariadbd` processes with data
-//! directories of their own (made by `mariadb-install-db`), on free loopback ports, GTID
-//! replication, the service's user created on the primary (and so on the replica).
-//! Stopped and removed when dropped.
+//! MariaDB servers of a test's own: `mariadbd` processes with data directories of their
+//! own (made by `mariadb-install-db`), on free loopback ports, with the durability settings
+//! the README requires (`innodb_flush_log_at_trx_commit=1`, `sync_binlog=1`), the
+//! service's user created. One server ([`Mariadb`]: killed with `kill -9` and started again
+//! on the same data), or a primary and its GTID replica ([`MariaPair`]). Stopped and
+//! removed when dropped.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use crate::helpers::{free_port, unique_name};
 
-pub struct MariaPair {
-    dir: PathBuf,
-    primary: Server,
-    replica: Server,
-}
-
-struct Server {
-    port: u16,
+/// One `mariadbd`.
+pub struct Mariadb {
+    datadir: PathBuf,
+    pub port: u16,
+    server_id: u32,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
-fn sql(port: u16, statements: &str) -> String {
+pub struct MariaPair {
+    dir: PathBuf,
+    primary: Mariadb,
+    replica: Mariadb,
+}
+
+/// Runs `statements` as root on the server at `port`; their output, tab-separated.
+pub fn sql(port: u16, statements: &str) -> String {
     let out = Command::new("mariadb")
         .args([
             "-h127.0.0.1",
@@ -43,32 +50,8 @@ fn sql(port: u16, statements: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn start(datadir: &std::path::Path, port: u16, server_id: u32) -> Server {
-    let child = Command::new("mariadbd")
-        .arg("--no-defaults")
-        .arg(format!("--datadir={}", datadir.display()))
-        .arg(format!("--socket={}/sock", datadir.display()))
-        .arg(format!("--pid-file={}/pid", datadir.display()))
-        .arg(format!("--log-error={}/error.log", datadir.display()))
-        .arg(format!("--port={port}"))
-        .arg(format!("--server-id={server_id}"))
-        .args([
-            "--bind-address=127.0.0.1",
-            "--user=root",
-            "--skip-name-resolve",
-        ])
-        .args([
-            "--log-bin=binlog",
-            "--binlog-format=ROW",
-            "--innodb-buffer-pool-size=32M",
-        ])
-        .args(["--max-connections=300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mariadbd");
-    let start = Instant::now();
-    while Command::new("mariadb")
+fn answers(port: u16) -> bool {
+    Command::new("mariadb")
         .args([
             "-h127.0.0.1",
             "-uroot",
@@ -79,18 +62,123 @@ fn start(datadir: &std::path::Path, port: u16, server_id: u32) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "mariadbd on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        .is_ok_and(|s| s.success())
+}
+
+fn install(datadir: &Path) {
+    let installed = Command::new("mariadb-install-db")
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .args([
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mariadb-install-db");
+    assert!(installed.success(), "mariadb-install-db failed");
+}
+
+impl Mariadb {
+    /// A fresh server with the service's user, `extra` options on top.
+    pub fn start(extra: &[&str]) -> Mariadb {
+        let dir = std::env::temp_dir().join(format!("mariadb-{}", unique_name()));
+        install(&dir);
+        let server = Self::on(dir, free_port(), 1, extra);
+        server.create_service_user();
+        server
     }
-    Server {
-        port,
-        child: Some(child),
+
+    /// A server on an installed data directory.
+    fn on(datadir: PathBuf, port: u16, server_id: u32, extra: &[&str]) -> Mariadb {
+        let mut server = Mariadb {
+            datadir,
+            port,
+            server_id,
+            extra: extra.iter().map(|e| e.to_string()).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn create_service_user(&self) {
+        self.sql(
+            "CREATE USER 'commerce'@'%' IDENTIFIED BY 'commerce'; \
+             GRANT ALL PRIVILEGES ON `commerce%`.* TO 'commerce'@'%';",
+        );
+    }
+
+    /// Starts the process (again) on its data directory and port; returns once it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let d = self.datadir.display();
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={d}"))
+            .arg(format!("--socket={d}/sock"))
+            .arg(format!("--pid-file={d}/pid"))
+            .arg(format!("--log-error={d}/error.log"))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--server-id={}", self.server_id))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+                "--log-bin=binlog",
+                "--binlog-format=ROW",
+                "--innodb-buffer-pool-size=32M",
+                "--max-connections=300",
+                // What an acknowledged commit must survive (README "MySQL's failures").
+                "--innodb-flush-log-at-trx-commit=1",
+                "--sync-binlog=1",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !answers(self.port) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "mariadbd on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`: the server is gone, what it had not made durable with it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn sql(&self, statements: &str) -> String {
+        sql(self.port, statements)
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "mysql://commerce:commerce@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        self.kill();
+        // A pair's members live in the pair's directory, which the pair removes.
+        if self.datadir.parent() == Some(std::env::temp_dir().as_path()) {
+            let _ = std::fs::remove_dir_all(&self.datadir);
+        }
     }
 }
 
@@ -99,19 +187,7 @@ impl MariaPair {
         let dir = std::env::temp_dir().join(format!("mariadb-pair-{}", unique_name()));
         let (primary_dir, replica_dir) = (dir.join("primary"), dir.join("replica"));
         std::fs::create_dir_all(&dir).expect("dir");
-        let installed = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", primary_dir.display()))
-            .args([
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mariadb-install-db");
-        assert!(installed.success(), "mariadb-install-db failed");
+        install(&primary_dir);
         // The replica starts from the same empty data directory.
         let copied = Command::new("cp")
             .arg("-a")
@@ -120,23 +196,16 @@ impl MariaPair {
             .status()
             .expect("cp");
         assert!(copied.success());
-        let primary = start(&primary_dir, free_port(), 1);
-        let replica = start(&replica_dir, free_port(), 2);
-        sql(
-            primary.port,
-            "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; \
-             CREATE USER 'commerce'@'%' IDENTIFIED BY 'commerce'; \
-             GRANT ALL PRIVILEGES ON `commerce%`.* TO 'commerce'@'%';",
-        );
-        sql(
-            replica.port,
-            &format!(
-                "SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST = '127.0.0.1', \
-                 MASTER_PORT = {}, MASTER_USER = 'repl', MASTER_PASSWORD = 'repl', \
-                 MASTER_USE_GTID = slave_pos; START SLAVE;",
-                primary.port
-            ),
-        );
+        let primary = Mariadb::on(primary_dir, free_port(), 1, &[]);
+        let replica = Mariadb::on(replica_dir, free_port(), 2, &[]);
+        primary.sql("CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';");
+        primary.create_service_user();
+        replica.sql(&format!(
+            "SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST = '127.0.0.1', \
+             MASTER_PORT = {}, MASTER_USER = 'repl', MASTER_PASSWORD = 'repl', \
+             MASTER_USE_GTID = slave_pos; START SLAVE;",
+            primary.port
+        ));
         MariaPair {
             dir,
             primary,
@@ -145,45 +214,32 @@ impl MariaPair {
     }
 
     pub fn primary_url(&self, database: &str) -> String {
-        format!(
-            "mysql://commerce:commerce@127.0.0.1:{}/{database}",
-            self.primary.port
-        )
+        self.primary.url(database)
     }
 
     pub fn replica_url(&self, database: &str) -> String {
-        format!(
-            "mysql://commerce:commerce@127.0.0.1:{}/{database}",
-            self.replica.port
-        )
+        self.replica.url(database)
     }
 
     /// The replica stops applying what the primary writes (it falls behind).
     pub fn pause_replication(&self) {
-        sql(self.replica.port, "STOP SLAVE SQL_THREAD");
+        self.replica.sql("STOP SLAVE SQL_THREAD");
     }
 
     pub fn resume_replication(&self) {
-        sql(self.replica.port, "START SLAVE SQL_THREAD");
+        self.replica.sql("START SLAVE SQL_THREAD");
     }
 
     /// `kill -9` of the replica.
     pub fn kill_replica(&mut self) {
-        if let Some(mut child) = self.replica.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.replica.kill();
     }
 }
 
 impl Drop for MariaPair {
     fn drop(&mut self) {
-        for server in [&mut self.primary, &mut self.replica] {
-            if let Some(mut child) = server.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.primary.kill();
+        self.replica.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
