@@ -23,7 +23,13 @@ use tower_http::{
 use crate::{
     admin,
     auth::Auth,
-    catalog::{self, cache::CatalogCache, ranking::Ranking, service::Catalog, store::CatalogStore},
+    catalog::{
+        self,
+        cache::CatalogCache,
+        ranking::Ranking,
+        service::{Catalog, CatalogParts},
+        store::CatalogStore,
+    },
     checkout::Checkout,
     config::Config,
     db::{self, Reader},
@@ -115,7 +121,7 @@ impl AppState {
         );
         let ranking = Ranking::new(redis.clone(), reader.clone(), config.stock_gate);
         let products = CatalogStore::new(reader.clone());
-        let catalog = Catalog {
+        let catalog = Catalog::new(CatalogParts {
             db: reader.clone(),
             cache: CatalogCache::new(
                 redis.clone(),
@@ -125,7 +131,7 @@ impl AppState {
             ),
             stock: stock.clone(),
             ranking: ranking.clone(),
-        };
+        });
         let checkout = Checkout::new(
             db.clone(),
             stock.clone(),
@@ -147,6 +153,7 @@ impl AppState {
             metrics,
             auth_disabled: config.auth.disabled,
             openapi: crate::openapi::document_json(),
+            draining: Arc::default(),
         };
         Ok(Self(Arc::new(Parts {
             rate_limits: Arc::new(RateLimits::new(&config.rate_limits, auth.tokens.clone())),
@@ -275,6 +282,15 @@ fn spawn_reconciler(state: &AppState) {
             }
         }
     });
+}
+
+impl AppState {
+    /// Shutting down: readiness fails from now on (see [`Ops::draining`]).
+    pub fn drain(&self) {
+        self.ops
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Serves the router with the peer address available to the rate limiter, until `shutdown`

@@ -3,8 +3,10 @@
 //! ([`Tagged`]), and the ids recently found not to exist.
 //!
 //! - Listing pages: rendered from the store and the live figures, kept until a product on
-//!   the page changes (its figures on the stock gate's feed, or an admin write) and never
-//!   longer than `PAGE_TTL` (the bound when an eviction races a render).
+//!   the page changes (its figures on the stock gate's feed, or an admin write). Each page
+//!   has a generation, bumped by every such change; a rendered page carries the generation
+//!   read before its render began, and is served only while that is still the page's: a
+//!   change that crosses a render makes the render stale, never the cache.
 //! - The best sellers: computed from the ranking's sorted sets, kept `TOP_TTL`.
 //! - Unknown product ids, `MISS_TTL`, so that a client asking for ids that do not exist
 //!   costs MySQL once per id and window; a product's creation ends its entry everywhere.
@@ -16,7 +18,14 @@
 //! shortly after, for an instance that read the old row just before the commit (or from a
 //! replica still behind: the repeat waits out the lag a replica is allowed).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
 
 use axum::body::Bytes;
 use moka::future::Cache;
@@ -30,14 +39,17 @@ use crate::{
     stock::{LiveChange, StockGate},
 };
 
-/// The longest a rendered page is kept, and so the bound on how old the `stock` it shows
-/// may be when an eviction crossed its render.
-pub const PAGE_TTL: Duration = Duration::from_secs(1);
+/// How old a listing page may be in an HTTP cache (its `max-age`): the service itself
+/// answers with the figures a feed message behind Redis.
+pub const PAGE_MAX_AGE_SECS: u64 = 1;
+/// A rendered page unasked for this long is dropped (memory, not staleness: a change
+/// invalidates it at once).
+const PAGE_IDLE: Duration = Duration::from_secs(60);
 pub const TOP_TTL: Duration = Duration::from_secs(2);
 /// How long an unknown product id is answered 404 without asking MySQL.
 const MISS_TTL: Duration = Duration::from_secs(2);
-/// Rendered pages kept: a page is ~2.5 KB, so a few MB.
-const PAGES_KEPT: u64 = 2_000;
+/// Bytes of rendered pages kept: every page of a 100,000-product catalog is ~12 MB.
+const PAGE_BYTES: u64 = 32 * 1024 * 1024;
 /// Unknown ids remembered (8 bytes and Moka's bookkeeping each).
 const MISSES_KEPT: u64 = 100_000;
 const CHANNEL: &str = "events:invalidate";
@@ -48,11 +60,64 @@ pub struct CatalogCache {
     stock: StockGate,
     /// The whole catalog in process, refreshed by the same messages.
     pub store: CatalogStore,
-    pages: Cache<i64, Tagged>,
+    pages: Cache<i64, Rendered>,
+    generations: Arc<Generations>,
     top: Cache<i64, Tagged>,
     misses: Cache<i64, ()>,
     /// When a write's invalidation is repeated (past the staleness a load may bring back).
     repeat_after: Duration,
+}
+
+/// A page as sent, and the generation its page had when its render began.
+#[derive(Clone)]
+struct Rendered {
+    generation: (u64, u64),
+    tagged: Tagged,
+}
+
+/// Every page's generation (bumped when a product on it changes), and one for all of them
+/// (bumped when any may have).
+#[derive(Default)]
+struct Generations {
+    all: AtomicU64,
+    pages: RwLock<Vec<AtomicU64>>,
+}
+
+impl Generations {
+    fn of(&self, page: i64) -> (u64, u64) {
+        let one = usize::try_from(page - 1)
+            .ok()
+            .and_then(|i| {
+                let pages = self.pages.read().ok()?;
+                pages.get(i).map(|g| g.load(Ordering::Acquire))
+            })
+            .unwrap_or(0);
+        (self.all.load(Ordering::Acquire), one)
+    }
+
+    fn bump(&self, page: i64) {
+        let Ok(i) = usize::try_from(page - 1) else {
+            return;
+        };
+        let bumped = self
+            .pages
+            .read()
+            .ok()
+            .and_then(|pages| pages.get(i).map(|g| g.fetch_add(1, Ordering::AcqRel)));
+        if bumped.is_some() {
+            return;
+        }
+        if let Ok(mut pages) = self.pages.write() {
+            if pages.len() <= i {
+                pages.resize_with(i + 1, AtomicU64::default);
+            }
+            pages[i].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// What an invalidation message names.
@@ -102,9 +167,11 @@ impl CatalogCache {
             store,
             repeat_after,
             pages: Cache::builder()
-                .max_capacity(PAGES_KEPT)
-                .time_to_live(PAGE_TTL)
+                .weigher(|_, r: &Rendered| u32::try_from(r.tagged.body.len()).unwrap_or(u32::MAX))
+                .max_capacity(PAGE_BYTES)
+                .time_to_idle(PAGE_IDLE)
                 .build(),
+            generations: Arc::default(),
             top: Cache::builder()
                 .max_capacity(64)
                 .time_to_live(TOP_TTL)
@@ -116,21 +183,27 @@ impl CatalogCache {
         }
     }
 
-    /// A listing page, as the JSON to send and its tag (rendered once for concurrent
-    /// misses).
+    /// A listing page, as the JSON to send and its tag: the one rendered last while no
+    /// product on it has changed since, else rendered now.
     pub async fn page<F>(&self, page: i64, render: F) -> Result<Tagged, AppError>
     where
         F: Future<Output = Result<Bytes, AppError>>,
     {
+        let generation = self.generations.of(page);
         if let Some(hit) = self.pages.get(&page).await {
-            count("page", "hit");
-            return Ok(hit);
+            if hit.generation == generation {
+                count("page", "hit");
+                return Ok(hit.tagged);
+            }
         }
         count("page", "miss");
-        self.pages
-            .try_get_with(page, async { render.await.map(Tagged::new) })
-            .await
-            .map_err(unshare)
+        let tagged = Tagged::new(render.await?);
+        let rendered = Rendered {
+            generation,
+            tagged: tagged.clone(),
+        };
+        self.pages.insert(page, rendered).await;
+        Ok(tagged)
     }
 
     /// The best sellers of a window as JSON.
@@ -188,13 +261,13 @@ impl CatalogCache {
             self.store.spawn_load();
         }
         self.misses.invalidate(&id).await;
-        self.pages.invalidate_all();
+        self.generations.bump_all();
         self.top.invalidate_all();
     }
 
     fn evict_all(&self) {
         self.misses.invalidate_all();
-        self.pages.invalidate_all();
+        self.generations.bump_all();
         self.top.invalidate_all();
     }
 
@@ -219,12 +292,12 @@ impl CatalogCache {
             loop {
                 match changes.recv().await {
                     Ok(LiveChange::Product(id)) => match pages.page_of(id) {
-                        Some(page) => pages.pages.invalidate(&page).await,
-                        None => pages.pages.invalidate_all(),
+                        Some(page) => pages.generations.bump(page),
+                        None => pages.generations.bump_all(),
                     },
                     Ok(LiveChange::All)
                     | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        pages.pages.invalidate_all()
+                        pages.generations.bump_all()
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }

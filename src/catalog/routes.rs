@@ -2,7 +2,6 @@
 
 use axum::{
     extract::{FromRef, State},
-    http::HeaderMap,
     response::Response,
     routing::get,
     Router,
@@ -11,18 +10,20 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 
 use super::{
-    cache::{PAGE_TTL, TOP_TTL},
+    cache::{PAGE_MAX_AGE_SECS, TOP_TTL},
     domain::{self, ProductDetail, ProductPage, ProductSummary, TopItem, TopSellers},
     service::{self, Catalog},
 };
 use crate::{
     error::AppError,
-    http::{caching::Tagged, AppPath, AppQuery, Id},
+    http::{
+        caching::{IfNoneMatch, Tagged},
+        AppPath, AppQuery, Id,
+    },
 };
 
-/// `max-age` of a listing page: no longer than a page's `stock` may already be old (its
-/// rendered bytes' lifetime).
-pub const PAGE_MAX_AGE: u64 = PAGE_TTL.as_secs();
+/// `max-age` of a listing page.
+pub const PAGE_MAX_AGE: u64 = PAGE_MAX_AGE_SECS;
 /// `max-age` of the best sellers: their L1 lifetime.
 pub const TOP_MAX_AGE: u64 = TOP_TTL.as_secs();
 /// `max-age` of a detail: its `stock` is live, so a cache must revalidate (with the ETag,
@@ -61,7 +62,7 @@ struct ListParams {
         (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn list(
     State(catalog): State<Catalog>,
-    headers: HeaderMap,
+    headers: IfNoneMatch,
     AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Response, AppError> {
     let page = domain::page(params.page)?;
@@ -78,7 +79,7 @@ async fn list(
         (status = 404, description = "PRODUCT_NOT_FOUND", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn detail(
     State(catalog): State<Catalog>,
-    headers: HeaderMap,
+    headers: IfNoneMatch,
     AppPath(id): AppPath<Id>,
 ) -> Result<Response, AppError> {
     let product = service::detail(&catalog, id.get()).await?;
@@ -99,7 +100,7 @@ struct TopParams {
         (status = 400, description = "VALIDATION_FAILED", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn top(
     State(catalog): State<Catalog>,
-    headers: HeaderMap,
+    headers: IfNoneMatch,
     AppQuery(params): AppQuery<TopParams>,
 ) -> Result<Response, AppError> {
     let days = domain::top_days(params.days)?;

@@ -24,16 +24,31 @@ use crate::{
 };
 
 /// What the catalog reads from: the catalog in process and its rendered answers, the stock
-/// gate's live figures, the ranking's sorted sets, and MySQL behind them.
+/// gate's live figures, the ranking's sorted sets, and MySQL behind them. One `Arc`:
+/// every request of a catalog route takes a copy.
 #[derive(Clone)]
-pub struct Catalog {
+pub struct Catalog(std::sync::Arc<CatalogParts>);
+
+pub struct CatalogParts {
     pub db: Reader,
     pub cache: CatalogCache,
     pub stock: StockGate,
     pub ranking: Ranking,
 }
 
+impl std::ops::Deref for Catalog {
+    type Target = CatalogParts;
+
+    fn deref(&self) -> &CatalogParts {
+        &self.0
+    }
+}
+
 impl Catalog {
+    pub fn new(parts: CatalogParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+
     /// After a product changed (admin write): every instance's copy of it, and every
     /// answer that shows it.
     pub async fn changed(&self, changed: Changed) {

@@ -66,13 +66,22 @@ impl Default for LiveFigures {
 }
 
 impl LiveFigures {
-    /// The figures in memory, when the feed is up and the product has been seen.
+    /// The figures in memory of each product (one lock for all), when the feed is up and
+    /// the product has been seen.
+    pub fn get_many(&self, product_ids: &[i64]) -> Vec<Option<Live>> {
+        let entries = match self.entries.read() {
+            Ok(entries) if self.up.load(Ordering::Acquire) => entries,
+            _ => return vec![None; product_ids.len()],
+        };
+        product_ids
+            .iter()
+            .map(|id| entries.get(id).map(|e| e.live))
+            .collect()
+    }
+
+    /// [`Self::get_many`] of one product.
     pub fn get(&self, product_id: i64) -> Option<Live> {
-        if !self.up.load(Ordering::Acquire) {
-            return None;
-        }
-        let entries = self.entries.read().ok()?;
-        entries.get(&product_id).map(|e| e.live)
+        self.get_many(&[product_id]).pop().flatten()
     }
 
     /// The epoch to hand back with what a read is about to fetch.

@@ -68,25 +68,40 @@ struct Scripts {
 
 #[derive(Clone)]
 pub struct StockGate {
+    /// The lane its calls take: the request lane, or the background one
+    /// ([`StockGate::background`]).
     redis: RedisStore,
+    shared: Arc<Shared>,
+}
+
+/// What every copy of a gate shares (one `Arc`: a request's copy costs one increment).
+pub struct Shared {
     db: MySqlPool,
     enabled: bool,
     hold_window: Duration,
-    scripts: Arc<Scripts>,
+    scripts: Scripts,
     /// One rebuild per product at a time in this instance; concurrent misses wait for it.
     rebuilds: moka::future::Cache<i64, ()>,
     /// Products the gate said were sold out, answered from memory until the feed shows
     /// units again or the entry's lifetime ends.
     sold_out: Option<moka::future::Cache<i64, ()>>,
     /// The products' figures in memory, fed by the scripts.
-    live: Arc<LiveFigures>,
+    live: LiveFigures,
     /// Reads of figures this instance had to ask Redis for (not in memory).
-    live_asked: Arc<std::sync::atomic::AtomicU64>,
+    live_asked: std::sync::atomic::AtomicU64,
     /// Products whose Redis bookkeeping failed, to re-sync from MySQL, with the holds whose
     /// end (paid, cancelled, expired, refused) Redis may not have heard of.
-    dirty: Arc<Mutex<Dirty>>,
+    dirty: Mutex<Dirty>,
     /// Keys this instance rebuilt because a buyer found them missing.
-    rebuilt: Arc<std::sync::atomic::AtomicU64>,
+    rebuilt: std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for StockGate {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 impl StockGate {
@@ -101,29 +116,31 @@ impl StockGate {
     ) -> Self {
         Self {
             redis,
-            db,
-            enabled,
-            hold_window,
-            scripts: Arc::new(Scripts {
-                reserve: with_feed(include_str!("lua/reserve.lua")),
-                settle: with_feed(include_str!("lua/settle.lua")),
-                finish: with_feed(include_str!("lua/finish.lua")),
-                sync: with_feed(include_str!("lua/sync.lua")),
+            shared: Arc::new(Shared {
+                db,
+                enabled,
+                hold_window,
+                scripts: Scripts {
+                    reserve: with_feed(include_str!("lua/reserve.lua")),
+                    settle: with_feed(include_str!("lua/settle.lua")),
+                    finish: with_feed(include_str!("lua/finish.lua")),
+                    sync: with_feed(include_str!("lua/sync.lua")),
+                },
+                rebuilds: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(Duration::from_millis(200))
+                    .build(),
+                sold_out: (!sold_out_memory.is_zero()).then(|| {
+                    moka::future::Cache::builder()
+                        .max_capacity(100_000)
+                        .time_to_live(sold_out_memory)
+                        .build()
+                }),
+                dirty: Mutex::default(),
+                rebuilt: Default::default(),
+                live: LiveFigures::default(),
+                live_asked: Default::default(),
             }),
-            rebuilds: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_millis(200))
-                .build(),
-            sold_out: (!sold_out_memory.is_zero()).then(|| {
-                moka::future::Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(sold_out_memory)
-                    .build()
-            }),
-            dirty: Arc::default(),
-            rebuilt: Arc::default(),
-            live: Arc::default(),
-            live_asked: Arc::default(),
         }
     }
 
@@ -169,8 +186,7 @@ impl StockGate {
         }
     }
 
-    /// The key of a product's hash. Keys that must be read with it in one round trip
-    /// (the catalog's cached row) append to it, keeping its hash tag.
+    /// The key of a product's hash.
     pub fn product_key(&self, product_id: i64) -> String {
         self.redis.key(&domain::product_tag(product_id))
     }
@@ -318,7 +334,7 @@ impl StockGate {
         if !self.enabled {
             return vec![Live::Unavailable; ids.len()];
         }
-        let mut found: Vec<Option<Live>> = ids.iter().map(|id| self.live.get(*id)).collect();
+        let mut found = self.live.get_many(ids);
         let hits = found.iter().filter(|l| l.is_some()).count();
         count_live("hit", hits);
         count_live("miss", ids.len() - hits);
