@@ -49,6 +49,11 @@ GRANT ALL PRIVILEGES ON \`commerce%\`.* TO '$DB_USER'@'127.0.0.1';
 FLUSH PRIVILEGES;
 SQL
 fi
+# Every commit acknowledged to a client must survive a crash of MariaDB (kill -9, power):
+# the redo log flushed at each commit (the default) and, when the binary log is on, synced
+# at each commit too (README "MySQL's failures").
+as_root "$client" -uroot -e 'SET GLOBAL innodb_flush_log_at_trx_commit = 1; SET GLOBAL sync_binlog = 1' 2>/dev/null ||
+  log "could not set innodb_flush_log_at_trx_commit = 1 and sync_binlog = 1 (not root on this server): set them in its configuration"
 # Parallel tests (and a second instance, and load tests) each hold a pool; the default
 # of 151 connections is too few.
 as_root "$client" -uroot -e 'SET GLOBAL max_connections = GREATEST(@@global.max_connections, 1000)' 2>/dev/null ||

@@ -113,6 +113,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// A request still running after this ends with a 503 problem response.
     pub request_timeout: Duration,
+    /// On SIGTERM: how long readiness fails before the listener closes (the load
+    /// balancer's time to notice); in-flight requests then finish.
+    pub shutdown_grace: Duration,
     /// The outbox relay's broker and topic; `None` (KAFKA_BROKERS unset): events wait in
     /// the outbox.
     pub kafka: Option<KafkaConfig>,
@@ -275,6 +278,7 @@ impl Config {
             batch_max: count("BATCH_MAX", 64, 1, 1000)? as usize,
             reconcile_interval: millis("RECONCILE_INTERVAL_MS", 60_000, 100, 86_400_000)?,
             request_timeout,
+            shutdown_grace: millis("SHUTDOWN_GRACE_MS", 2_000, 0, 60_000)?,
             kafka: match get("KAFKA_BROKERS") {
                 None => None,
                 Some(brokers) => Some(KafkaConfig {

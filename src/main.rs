@@ -47,9 +47,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
     tracing::info!(addr = %config.bind_addr, "listening");
+    let grace = config.shutdown_grace;
     let state = AppState::new(config, pool, Some(metrics)).await?;
     spawn_background(&state);
-    serve(listener, build_app(state), shutdown_signal()).await?;
+    let draining = state.clone();
+    // On SIGTERM: readiness fails at once, so the load balancer moves the traffic away
+    // (HAProxy checks every 500 ms); after the grace period the listener closes and the
+    // requests in flight (and the batches they wait for) finish before the process exits.
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.drain();
+        tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+        tokio::time::sleep(grace).await;
+    };
+    serve(listener, build_app(state), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -97,6 +97,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         }
     }
     metrics::gauge!("stock_live_feed_up").set(0.0);
+    metrics::gauge!("mysql_semi_sync_primary_status").set(-1.0);
     Ok(handle)
 }
 
@@ -114,12 +115,38 @@ fn spawn_upkeep(handle: PrometheusHandle, every: Duration) {
     }
 }
 
+/// Whether the primary (DATABASE_URL) waits for its standby before acknowledging a
+/// commit: 1 semi-sync on, 0 configured but fallen back to asynchronous (a failover now could
+/// lose acknowledged writes), -1 not configured; `None` when MySQL does not answer.
+async fn semi_sync_status(pool: &MySqlPool) -> Option<f64> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_master_clients')",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    let enabled: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(VARIABLE_VALUE AS CHAR) FROM information_schema.GLOBAL_VARIABLES          WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_ENABLED'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()?;
+    if enabled.as_deref() != Some("ON") {
+        return Some(-1.0);
+    }
+    let on = rows
+        .iter()
+        .any(|(name, value)| name == "Rpl_semi_sync_master_status" && value == "ON");
+    Some(if on { 1.0 } else { 0.0 })
+}
+
 /// How often the pool and outbox gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
-/// Refreshes the MySQL pool gauges (`db_pool_connections{state}`, `db_pool_max_connections`)
-/// and the outbox gauges (`outbox_backlog`, `outbox_oldest_age_seconds`) until the process
-/// ends. Waiting for a connection shows as `db_pool_acquire_duration_seconds`.
+/// Refreshes the MySQL pool gauges (`db_pool_connections{state}`, `db_pool_max_connections`),
+/// the outbox gauges (`outbox_backlog`, `outbox_oldest_age_seconds`) and the primary's
+/// semi-synchronous replication (`mysql_semi_sync_primary_status`) until the process ends.
+/// Waiting for a connection shows as `db_pool_acquire_duration_seconds`.
 pub fn spawn_gauges(pool: MySqlPool) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -135,6 +162,9 @@ pub fn spawn_gauges(pool: MySqlPool) -> tokio::task::JoinHandle<()> {
                     metrics::gauge!("outbox_oldest_age_seconds").set(age);
                 }
                 Err(e) => tracing::debug!(error = %e, "reading the outbox backlog failed"),
+            }
+            if let Some(status) = semi_sync_status(&pool).await {
+                metrics::gauge!("mysql_semi_sync_primary_status").set(status);
             }
             tokio::time::sleep(GAUGES_EVERY).await;
         }

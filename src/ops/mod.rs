@@ -33,6 +33,9 @@ pub struct Ops {
     /// The OpenAPI document served at `/openapi.json`, rendered once by the composition
     /// root (which knows every feature's operations).
     pub openapi: &'static str,
+    /// Set when the instance is shutting down: readiness fails, so that a load balancer
+    /// sends the traffic elsewhere while in-flight requests finish.
+    pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// OpenAPI description of these routes.
@@ -77,8 +80,13 @@ async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "MySQL answers; `redis` is `ok` or `degraded` (served from MySQL); `replica` is `ok`, `primary` (behind or down: the primary serves reads) or `none`", body = Object),
-        (status = 503, description = "DEPENDENCY_UNAVAILABLE: MySQL is down", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "DEPENDENCY_UNAVAILABLE: MySQL is down, or the instance is shutting down", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn readyz(State(ops): State<Ops>) -> Result<Json<serde_json::Value>, AppError> {
+    if ops.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(AppError::DependencyUnavailable(
+            "this instance (shutting down)".into(),
+        ));
+    }
     let mysql = tokio::time::timeout(
         PROBE_TIMEOUT,
         sqlx::query("SELECT 1").execute(ops.db.primary_pool()),

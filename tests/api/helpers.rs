@@ -101,6 +101,7 @@ pub fn test_config() -> Config {
         // back would hide the drift the test looks for.
         reconcile_interval: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(15),
+        shutdown_grace: Duration::from_secs(2),
         kafka: None,
         db_max_connections: 20,
         // Off by default so the concurrency tests measure the service, not the limiter.
@@ -693,6 +694,30 @@ impl ServiceProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ServiceProcess { child, base }
+    }
+
+    /// SIGTERM: the process drains and exits by itself.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        eventually(within, "the process to exit", || {
+            let status = child.try_wait();
+            async move {
+                match status {
+                    Ok(Some(status)) => Ok(status),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
     }
 
     /// `kill -9`: nothing of the process runs after this returns.

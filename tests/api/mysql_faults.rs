@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::{
+    haproxy::HaProxy,
     helpers::{
         eventually, hold_row, spawn_with, until_running, Reply, TestApp, BATCH_PRODUCT_LOCK,
     },
-    mysql_replica::Mariadb,
+    mysql_replica::{MariaPair, Mariadb},
 };
 
 /// What the buyers were told, all of it: every 2xx must be in MySQL afterwards.
@@ -179,28 +180,10 @@ async fn mysql_killed_and_restarted_mid_sale_loses_nothing_it_acknowledged() {
     // Every buyer retries with the same keys until the answer is final: a key whose
     // request committed replays it, one that did not runs now.
     let before_retry: HashMap<i64, i64> = told.lock().await.orders.clone();
-    let mut retries_503 = 0;
-    for (user, token) in &buyers {
-        let mut done = false;
-        for _ in 0..20 {
-            if buy(&app, *user, token, product, &told).await {
-                done = true;
-                break;
-            }
-            retries_503 += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(done, "buyer {user} never got a final answer");
-    }
+    until_final(&app, &buyers, product, &told).await;
     let told = told.lock().await;
-    assert_eq!(told.others.get(&500), None, "{:?}", told.others);
-    assert!(
-        told.others.keys().all(|s| *s == 503),
-        "only 503 may stand for the outage: {:?}",
-        told.others
-    );
     println!(
-        "outage: {} answers were 503, {retries_503} retries after MySQL's return",
+        "outage: {} answers were 503",
         told.others.get(&503).copied().unwrap_or(0)
     );
     // Keys answered 201 before the outage replay the same order.
@@ -211,8 +194,38 @@ async fn mysql_killed_and_restarted_mid_sale_loses_nothing_it_acknowledged() {
             "user {user}'s order changed"
         );
     }
+    nothing_acknowledged_lost(&app, &told, product, units).await;
+    // The gate agrees with MySQL again by itself (the periodic reconcile is an hour away).
+    app.eventually_redis_matches_mysql(product, Duration::from_secs(5))
+        .await;
+}
 
-    // Durability: every order and payment that got a 2xx is in MySQL.
+/// Every buyer of `buyers` retries with the same keys until the answer is final (each 503
+/// on the way counted by status in `told`).
+async fn until_final(app: &TestApp, buyers: &[(i64, String)], product: i64, told: &Mutex<Told>) {
+    for (user, token) in buyers {
+        let mut done = false;
+        for _ in 0..50 {
+            if buy(app, *user, token, product, told).await {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(done, "buyer {user} never got a final answer");
+    }
+}
+
+/// What every test of a lost MySQL checks at the end: no 500, only 503 for the outage;
+/// every acknowledged order and payment in MySQL (the primary as it is now); sold == Σ PAID
+/// ≤ units; points conserved.
+async fn nothing_acknowledged_lost(app: &TestApp, told: &Told, product: i64, units: i64) {
+    assert_eq!(told.others.get(&500), None, "{:?}", told.others);
+    assert!(
+        told.others.keys().all(|s| *s == 503),
+        "only 503 may stand for the outage: {:?}",
+        told.others
+    );
     for order in told.orders.values() {
         let found = app
             .count(&format!("SELECT COUNT(*) FROM orders WHERE id = {order}"))
@@ -248,7 +261,80 @@ async fn mysql_killed_and_restarted_mid_sale_loses_nothing_it_acknowledged() {
         )
         .await;
     assert_eq!(unproven, 0, "points conserved");
-    // The gate agrees with MySQL again by itself (the periodic reconcile is an hour away).
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primary_lost_to_its_standby_mid_sale_loses_no_acknowledged_payment() {
+    let mut pair = MariaPair::start_standby();
+    let write = HaProxy::start_mysql(&[pair.primary.port, pair.replica.port]).await;
+    let database = "commerce_failover";
+    let (write_url, read_url) = (
+        format!("mysql://commerce:commerce@{}/{database}", write.url),
+        pair.replica_url(database),
+    );
+    let app = spawn_with(|c| {
+        c.database_url = write_url;
+        c.database_read_url = Some(read_url);
+        c.request_timeout = Duration::from_secs(3);
+        c.db_max_connections = 30;
+    })
+    .await;
+    let units = 150;
+    let product = app.create_product(100, units).await;
+    let buyers = app.bulk_buyers(200, 1_000).await;
+    let told = Arc::new(Mutex::new(Told::default()));
+    // Served and acknowledged by the primary (and, semi-sync, received by the standby).
+    for (user, token) in &buyers[..40] {
+        assert!(buy(&app, *user, token, product, &told).await);
+    }
+    // Work in flight on the primary: its product row held, batches queued behind it.
+    let lock = hold_row(&app, "products", product).await;
+    let app = Arc::new(app);
+    let burst: Vec<_> = buyers[40..]
+        .iter()
+        .map(|(user, token)| {
+            let (app, told, token, user) = (app.clone(), told.clone(), token.clone(), *user);
+            tokio::spawn(async move { buy(&app, user, &token, product, &told).await })
+        })
+        .collect();
+    until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "batches queued behind the lock",
+        || async {
+            match app.state.checkout.queued(product) {
+                n if n >= 20 => Ok(()),
+                n => Err(format!("{n} queued")),
+            }
+        },
+    )
+    .await;
+
+    // The primary dies; the standby is promoted; HAProxy sends the writes there.
+    let lost = Instant::now();
+    pair.kill_primary();
+    drop(lock);
+    pair.promote_replica();
+    for handle in burst {
+        handle.await.expect("buyer");
+    }
+    let resumed = eventually(
+        Duration::from_secs(10),
+        "a write through the new primary",
+        || async {
+            let (user, token) = &buyers[0];
+            match app.charge(*user, token, 1).await.status.as_u16() {
+                200 => Ok(lost.elapsed()),
+                s => Err(s.to_string()),
+            }
+        },
+    )
+    .await;
+    println!("failover: writes were refused for {resumed:?} after the primary's death");
+    until_final(&app, &buyers, product, &told).await;
+    let told = told.lock().await;
+    nothing_acknowledged_lost(&app, &told, product, units).await;
+    assert!(told.payments.len() >= 40);
     app.eventually_redis_matches_mysql(product, Duration::from_secs(5))
         .await;
 }

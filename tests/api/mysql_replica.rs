@@ -24,9 +24,34 @@ pub struct Mariadb {
 
 pub struct MariaPair {
     dir: PathBuf,
-    primary: Mariadb,
-    replica: Mariadb,
+    pub primary: Mariadb,
+    pub replica: Mariadb,
 }
+
+/// Whether the MySQL at 127.0.0.1:`port` (a server, or HAProxy in front of some) accepts
+/// writes: its `read_only` is off, asked as the unprivileged `check` user.
+pub fn writable_through(port: u16) -> bool {
+    Command::new("mariadb")
+        .args(["-h127.0.0.1", "-ucheck", "-N", "-B", &format!("-P{port}")])
+        .args(["--connect-timeout=1", "-e", "SELECT @@global.read_only"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Semi-synchronous replication that loses no acknowledged commit: the primary answers a
+/// commit only once the replica has it in its relay log (AFTER_SYNC), waiting up to 10 s.
+const SEMI_SYNC_PRIMARY: &[&str] = &[
+    "--rpl-semi-sync-master-enabled=ON",
+    "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    "--rpl-semi-sync-master-timeout=10000",
+];
+/// The standby: acknowledges what it received, syncs its relay log, takes no writes until
+/// promoted.
+const SEMI_SYNC_STANDBY: &[&str] = &[
+    "--rpl-semi-sync-slave-enabled=ON",
+    "--sync-relay-log=1",
+    "--read-only=ON",
+];
 
 /// Runs `statements` as root on the server at `port`; their output, tab-separated.
 pub fn sql(port: u16, statements: &str) -> String {
@@ -183,7 +208,32 @@ impl Drop for Mariadb {
 }
 
 impl MariaPair {
+    /// A primary and a read replica (asynchronous replication).
     pub fn start() -> MariaPair {
+        Self::with(&[], &[])
+    }
+
+    /// A primary and a standby that can take over: semi-synchronous replication
+    /// (AFTER_SYNC), the standby read-only until promoted.
+    pub fn start_standby() -> MariaPair {
+        let pair = Self::with(SEMI_SYNC_PRIMARY, SEMI_SYNC_STANDBY);
+        let start = Instant::now();
+        while pair
+            .primary
+            .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_status'")
+            .trim_end()
+            != "Rpl_semi_sync_master_status\tON"
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "semi-sync never came on"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pair
+    }
+
+    fn with(primary_options: &[&str], replica_options: &[&str]) -> MariaPair {
         let dir = std::env::temp_dir().join(format!("mariadb-pair-{}", unique_name()));
         let (primary_dir, replica_dir) = (dir.join("primary"), dir.join("replica"));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -196,9 +246,12 @@ impl MariaPair {
             .status()
             .expect("cp");
         assert!(copied.success());
-        let primary = Mariadb::on(primary_dir, free_port(), 1, &[]);
-        let replica = Mariadb::on(replica_dir, free_port(), 2, &[]);
-        primary.sql("CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';");
+        let primary = Mariadb::on(primary_dir, free_port(), 1, primary_options);
+        let replica = Mariadb::on(replica_dir, free_port(), 2, replica_options);
+        primary.sql(
+            "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; \
+             CREATE USER 'check'@'%';",
+        );
         primary.create_service_user();
         replica.sql(&format!(
             "SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST = '127.0.0.1', \
@@ -233,6 +286,34 @@ impl MariaPair {
     /// `kill -9` of the replica.
     pub fn kill_replica(&mut self) {
         self.replica.kill();
+    }
+
+    /// `kill -9` of the primary.
+    pub fn kill_primary(&mut self) {
+        self.primary.kill();
+    }
+
+    /// Promotes the replica: it stops fetching, applies everything it had received (with
+    /// semi-sync, every commit the primary acknowledged), forgets its primary and takes
+    /// writes. `scripts/cluster.sh failover` does the same.
+    pub fn promote_replica(&self) {
+        self.replica.sql("STOP SLAVE IO_THREAD");
+        let status = self.replica.sql("SHOW SLAVE STATUS\\G");
+        let received = status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Gtid_IO_Pos: "))
+            .unwrap_or_default()
+            .to_string();
+        let applied = self
+            .replica
+            .sql(&format!("SELECT MASTER_GTID_WAIT('{received}', 30)"));
+        assert_eq!(
+            applied.trim(),
+            "0",
+            "the replica did not apply what it received"
+        );
+        self.replica
+            .sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;");
     }
 }
 

@@ -14,7 +14,10 @@ use reqwest::Method;
 
 use crate::{
     haproxy::HaProxy,
-    helpers::{spawn_sharing, spawn_with, ServiceProcess, TestApp},
+    helpers::{
+        eventually, hold_row, spawn_sharing, spawn_with, until_running, ServiceProcess, TestApp,
+        BATCH_PRODUCT_LOCK,
+    },
     mysql_replica::MariaPair,
     redis_cluster::RedisCluster,
     redis_paths::{five_hundred_for_fifty, flushed_redis_comes_back, two_instances_agree},
@@ -339,5 +342,122 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
         )
         .await;
     assert_eq!(broken, 0);
+    drop(second);
+}
+
+/// One order through `base`, sent once: its status and whether the body was a problem.
+async fn order_once(
+    client: &reqwest::Client,
+    base: &str,
+    user: i64,
+    token: &str,
+    product: i64,
+) -> (u16, bool) {
+    let sent = client
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(token)
+        .json(&json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => {
+            let problem = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v == "application/problem+json");
+            (r.status().as_u16(), problem)
+        }
+        Err(_) => (0, false),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_stopped_with_sigterm_behind_haproxy_drains_without_losing_a_request() {
+    let app = spawn_with(|c| c.db_max_connections = 10).await;
+    let product = app.create_product(100, 150).await;
+    let buyers = app.bulk_buyers(200, 1_000).await;
+    let env = [("DB_MAX_CONNECTIONS", "20"), ("SHUTDOWN_GRACE_MS", "1500")];
+    let mut first = ServiceProcess::start(&app, &env).await;
+    let second = ServiceProcess::start(&app, &env).await;
+    let proxy = HaProxy::start(&[&first.base, &second.base]).await;
+    app.state.stock.sync(&[product]).await.unwrap();
+    let client = reqwest::Client::new();
+
+    // In flight: the product's row held, so orders wait in both instances' batches.
+    let lock = hold_row(&app, "products", product).await;
+    let (early, late) = buyers.split_at(100);
+    let in_flight = {
+        let (client, url, early) = (client.clone(), proxy.url.clone(), early.to_vec());
+        tokio::spawn(async move {
+            join_all(
+                early
+                    .iter()
+                    .map(|(user, token)| order_once(&client, &url, *user, token, product)),
+            )
+            .await
+        })
+    };
+    until_running(&app, BATCH_PRODUCT_LOCK, 2).await;
+
+    // SIGTERM: readiness fails at once; the requests keep coming through HAProxy.
+    first.terminate();
+    eventually(
+        Duration::from_millis(500),
+        "the draining instance's /readyz to fail",
+        || async {
+            match reqwest::get(format!("{}/readyz", first.base)).await {
+                Ok(r) if r.status() == 503 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let during = {
+        let (client, url, late) = (client.clone(), proxy.url.clone(), late.to_vec());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for chunk in late.chunks(10) {
+                answers.extend(
+                    join_all(
+                        chunk
+                            .iter()
+                            .map(|(user, token)| order_once(&client, &url, *user, token, product)),
+                    )
+                    .await,
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.rollback().await.unwrap();
+
+    let answers: Vec<(u16, bool)> = in_flight
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(during.await.unwrap())
+        .collect();
+    // Every request sent during the drain had an answer of the service's: 2xx, 409 or its
+    // own 503 problem (never a connection error, nor a proxy's 502/503/504 page).
+    for (status, problem) in &answers {
+        assert!(
+            matches!(status, 200..=299 | 409) || (*status == 503 && *problem),
+            "{answers:?}"
+        );
+    }
+    let placed = answers.iter().filter(|(s, _)| *s == 201).count() as i64;
+    assert!(placed > 0);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM orders WHERE product_id = {product}"
+        ))
+        .await,
+        placed,
+        "every order placed was answered 201, and no 201 was lost"
+    );
+    let status = first.exited(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
     drop(second);
 }
