@@ -9,10 +9,12 @@
 //   k6 run -e ADMIN_TOKEN=... k6/flash_sale.js                      (BUYERS=5000 UNITS=500)
 //   k6 run -e ADMIN_TOKEN=... -e LIMIT=1 -e GREEDY=5 k6/flash_sale.js  (a fair drop)
 //   k6 run -e ADMIN_TOKEN=... -e SMOKE=1 k6/flash_sale.js            (seconds, small data)
+//   k6 run -e ADMIN_TOKEN=... -e OUTAGE=1 k6/flash_sale.js  (while scripts/cluster.sh failover
+//                                     runs: 503s retried with the same keys, latency not judged)
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import {
-  buyGreedy, buyOne, checkFlashSale, createProduct, createUsers, invariantThresholds, SMOKE,
+  buyGreedy, buyOne, checkFlashSale, createProduct, createUsers, invariantThresholds, OUTAGE, SMOKE,
 } from './lib.js';
 
 const BUYERS = Number(__ENV.BUYERS || (SMOKE ? 100 : 5000));
@@ -35,8 +37,10 @@ export const options = {
   },
   thresholds: Object.assign({}, invariantThresholds, {
     http_req_failed: ['rate<0.001'],
+  }, OUTAGE ? {} : {
     // The served buyers' orders queue on the product's row lock behind the payments, so
-    // the tail is long by nature; refusals are answered by Redis in milliseconds.
+    // the tail is long by nature; refusals are answered by Redis in milliseconds. (Not
+    // with OUTAGE=1: retries across a failover take what the failover takes.)
     'http_req_duration{name:POST /v1/orders}': ['p(99)<2000'],
     'http_req_duration{name:POST /v1/payments}': ['p(99)<2000'],
   }),

@@ -1,13 +1,23 @@
 // Shared building blocks of the k6 scenarios: setup through the admin API, one step of
 // each kind of user, and the end-of-run invariant checks through the API.
+import exec from 'k6/execution';
 import http from 'k6/http';
 import { check, fail, sleep } from 'k6';
+import { Counter } from 'k6/metrics';
+
+/// Answers of 503 (a dependency away: MySQL restarting, a failover) that a buyer retried
+/// with the same Idempotency-Key, as a real client does.
+const retried = new Counter('retried_503');
 
 export const BASE = __ENV.BASE_URL || 'http://127.0.0.1:8080';
 export const ADMIN = __ENV.ADMIN_TOKEN || fail('ADMIN_TOKEN is required (scripts/run.sh prints it)');
 export const SMOKE = __ENV.SMOKE === '1';
-/// 409 (sold out, cap reached) is an answer, not a failure.
-export const EXPECTED = http.expectedStatuses(200, 201, 409);
+/// OUTAGE=1: a dependency is taken away during the run (scripts/cluster.sh failover): 503s
+/// are retried and allowed. Otherwise a single 503 fails the run.
+export const OUTAGE = __ENV.OUTAGE === '1';
+/// 409 (sold out, cap reached) is an answer, not a failure; a 503 is retried and counted
+/// (`retried_503`).
+export const EXPECTED = http.expectedStatuses(200, 201, 409, 503);
 
 const json = (token, extra = {}) => ({
   headers: Object.assign({ 'Content-Type': 'application/json', Authorization: `Bearer ${token}` }, extra),
@@ -48,16 +58,31 @@ export function createUsers(n, points, prefix = 'k6') {
   return users;
 }
 
+/// A key per request of this run (a retry reuses it, a new request takes a new one).
+function newKey(kind) {
+  return `${kind}-${exec.vu.idInTest}-${exec.scenario.iterationInTest}-${Math.random().toString(36).slice(2)}`;
+}
+
+/// `send()` again while it answers 503 (its Retry-After, else 200 ms, up to 30 times):
+/// with the same Idempotency-Key, a retry replays what committed or runs what did not.
+function retrying503(send) {
+  for (let attempt = 0; ; attempt++) {
+    const r = send();
+    if (r.status !== 503 || attempt >= 30) return r;
+    retried.add(1);
+    sleep(Math.min(1, Number(r.headers['Retry-After'] || 0.2)));
+  }
+}
+
 export function order(user, productId, quantity, price) {
-  return http.post(
-    `${BASE}/v1/orders`,
-    JSON.stringify({ user_id: user.id, product_id: productId, quantity, price }),
-    Object.assign(json(user.token), { tags: { name: 'POST /v1/orders' } }),
-  );
+  const params = Object.assign(json(user.token, { 'Idempotency-Key': newKey('order') }), { tags: { name: 'POST /v1/orders' } });
+  const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity, price });
+  return retrying503(() => http.post(`${BASE}/v1/orders`, body, params));
 }
 
 export function pay(user, orderId) {
-  return http.post(`${BASE}/v1/payments`, JSON.stringify({ order_id: orderId }), Object.assign(json(user.token), { tags: { name: 'POST /v1/payments' } }));
+  const params = Object.assign(json(user.token, { 'Idempotency-Key': newKey('pay') }), { tags: { name: 'POST /v1/payments' } });
+  return retrying503(() => http.post(`${BASE}/v1/payments`, JSON.stringify({ order_id: orderId }), params));
 }
 
 /// Refusals a buyer may hear when ordering in a sale.
@@ -79,8 +104,15 @@ function whenOpen(send) {
 /// per-customer limit the others are refused by the stock gate alone.
 export function buyGreedy(user, productId, price, n) {
   const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity: 1, price });
-  const params = Object.assign(json(user.token), { tags: { name: 'POST /v1/orders' } });
-  const replies = whenOpen(() => http.batch(Array.from({ length: n }, () => ['POST', `${BASE}/v1/orders`, body, params])));
+  const requests = Array.from({ length: n }, () => [
+    'POST', `${BASE}/v1/orders`, body,
+    Object.assign(json(user.token, { 'Idempotency-Key': newKey('order') }), { tags: { name: 'POST /v1/orders' } }),
+  ]);
+  const replies = whenOpen(() => {
+    // All at once; each that answered 503 again (same key) until it has an answer.
+    const first = http.batch(requests);
+    return first.map((r, i) => (r.status === 503 ? retrying503(() => http.request(...requests[i])) : r));
+  });
   const placed = replies.filter((r) => r.status === 201);
   const ok = check(replies, {
     'greedy orders: 201 or 409 OUT_OF_STOCK / PURCHASE_LIMIT_REACHED / INSUFFICIENT_POINTS': (rs) =>
@@ -186,4 +218,4 @@ export function checkPointsConserved(users) {
   }
 }
 
-export const invariantThresholds = { checks: ['rate==1.0'] };
+export const invariantThresholds = Object.assign({ checks: ['rate==1.0'] }, OUTAGE ? {} : { retried_503: ['count==0'] });
