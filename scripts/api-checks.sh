@@ -8,7 +8,9 @@
 #    invariant checks through the API;
 # 3. a real Prometheus scrapes the service through all of it, with the alert rules
 #    loaded: every dashboard query must return a series (scripts/check-dashboards.py);
-#    promtool checks the rules and runs their unit tests.
+#    promtool checks the rules and runs their unit tests;
+# 4. /docs opened in headless Chromium shows every operation of /openapi.json
+#    (scripts/check-docs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\033[1m[api-checks]\033[0m %s\n' "$*"; }
@@ -64,6 +66,8 @@ log "k6 smoke: a fair drop (opening in 2 s, one per customer, every buyer firing
   -e ADMIN_TOKEN="$admin" k6/flash_sale.js
 log "k6 smoke: every scenario's thresholds and invariants held"
 
+log "/docs in headless Chromium"
+python3 scripts/check-docs.py "$base"
 log "alert rules: promtool check and unit tests"
 promtool check rules dashboards/alerts.yml
 promtool test rules dashboards/alerts_test.yml

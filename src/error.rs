@@ -177,6 +177,9 @@ pub enum AppError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0} is unavailable")]
     DependencyUnavailable(String),
+    /// Too much waits already (a bounded queue is full): retry in a second.
+    #[error("{0} is busy; retry in a second")]
+    Busy(String),
     #[error("the request did not finish within {0} ms")]
     Timeout(u128),
     #[error("database error")]
@@ -237,6 +240,7 @@ impl AppError {
             &PriceMismatch { seen, current } => PriceMismatch { seen, current },
             IdempotencyInProgress => IdempotencyInProgress,
             DependencyUnavailable(m) => DependencyUnavailable(m.clone()),
+            Busy(m) => Busy(m.clone()),
             Database(e) if db::is_unavailable(e) => DependencyUnavailable("mysql".into()),
             other => Internal(anyhow::anyhow!("{other}")),
         }
@@ -282,7 +286,7 @@ impl AppError {
             PayloadTooLarge(_) => &code::PAYLOAD_TOO_LARGE,
             IdempotencyKeyReused => &code::IDEMPOTENCY_KEY_REUSED,
             RateLimited { .. } => &code::RATE_LIMITED,
-            DependencyUnavailable(_) | Timeout(_) => &code::DEPENDENCY_UNAVAILABLE,
+            DependencyUnavailable(_) | Busy(_) | Timeout(_) => &code::DEPENDENCY_UNAVAILABLE,
             Database(e) if db::is_unavailable(e) => &code::DEPENDENCY_UNAVAILABLE,
             Database(_) | Internal(_) => &code::INTERNAL,
         }
@@ -355,6 +359,7 @@ impl AppError {
                 problem.retry_header = Some(retry_after_secs);
             }
             SaleEnded { ends_at } => problem.ends_at = Some(db::rfc3339(&ends_at)),
+            Busy(_) => problem.retry_header = Some(1),
             BalanceLimitExceeded {
                 balance,
                 max_balance,

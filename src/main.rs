@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use commerce_api::{
-    app::{serve, spawn_background},
+    app::{build_ops, serve, spawn_background},
     build_app,
     config::Config,
     db, seed, telemetry, AppState,
@@ -47,20 +47,50 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
     tracing::info!(addr = %config.bind_addr, "listening");
+    let ops_listener = match config.ops_bind_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding OPS_BIND_ADDR {addr}"))?;
+            tracing::info!(%addr, "readiness and metrics on their own listener");
+            Some(listener)
+        }
+        None => None,
+    };
     let grace = config.shutdown_grace;
     let state = AppState::new(config, pool, Some(metrics)).await?;
     spawn_background(&state);
-    let draining = state.clone();
     // On SIGTERM: readiness fails at once, so the load balancer moves the traffic away
-    // (HAProxy checks every 500 ms); after the grace period the listener closes and the
+    // (HAProxy checks every 500 ms); after the grace period the listeners close and the
     // requests in flight (and the batches they wait for) finish before the process exits.
-    let shutdown = async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let ops = match ops_listener {
+        Some(listener) => {
+            let (state, shutdown) = (state.clone(), until_stopped());
+            Some(tokio::spawn(async move {
+                serve(&state, listener, build_ops(state.clone()), shutdown).await
+            }))
+        }
+        None => None,
+    };
+    let draining = state.clone();
+    tokio::spawn(async move {
         shutdown_signal().await;
         draining.drain();
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
         tokio::time::sleep(grace).await;
-    };
-    serve(listener, build_app(state), shutdown).await?;
+        let _ = stop.send(true);
+    });
+    serve(&state, listener, build_app(state.clone()), until_stopped()).await?;
+    if let Some(ops) = ops {
+        ops.await??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -119,24 +119,25 @@ fn spawn_upkeep(handle: PrometheusHandle, every: Duration) {
 /// commit: 1 semi-sync on, 0 configured but fallen back to asynchronous (a failover now could
 /// lose acknowledged writes), -1 not configured; `None` when MySQL does not answer.
 async fn semi_sync_status(pool: &MySqlPool) -> Option<f64> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_master_clients')",
+    // MariaDB names them master, MySQL ≥ 8.0.26 source; SHOW works on both.
+    let enabled: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+         ('rpl_semi_sync_master_enabled', 'rpl_semi_sync_source_enabled')",
     )
     .fetch_all(pool)
     .await
     .ok()?;
-    let enabled: Option<String> = sqlx::query_scalar(
-        "SELECT CAST(VARIABLE_VALUE AS CHAR) FROM information_schema.GLOBAL_VARIABLES          WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_ENABLED'",
-    )
-    .fetch_optional(pool)
-    .await
-    .ok()?;
-    if enabled.as_deref() != Some("ON") {
+    if !enabled.iter().any(|(_, value)| value == "ON") {
         return Some(-1.0);
     }
-    let on = rows
-        .iter()
-        .any(|(name, value)| name == "Rpl_semi_sync_master_status" && value == "ON");
+    let status: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN \
+         ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_source_status')",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    let on = status.iter().any(|(_, value)| value == "ON");
     Some(if on { 1.0 } else { 0.0 })
 }
 

@@ -48,6 +48,8 @@ where
         .route("/v1/admin/users/{user_id}/tokens", post(mint_token))
         .route("/v1/admin/products", post(create_product))
         .route("/v1/admin/products/{product_id}", patch(update_product))
+        // Private answers: no cache (a browser, a CDN) keeps them.
+        .route_layer(axum::middleware::from_fn(crate::http::middleware::no_store))
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]

@@ -13,6 +13,8 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
@@ -36,6 +38,10 @@ pub struct TokenService {
     verified: moka::sync::Cache<Box<str>, (i64, i64)>,
 }
 
+/// Clock skew tolerated between the token's issuer and this instance, in seconds (`exp`,
+/// `nbf`, `iat`).
+const LEEWAY_SECS: u64 = 5;
+
 /// How many verified tokens are remembered, and for how long at most.
 const VERIFIED_CAPACITY: u64 = 100_000;
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -44,7 +50,9 @@ impl TokenService {
     pub fn new(config: &AuthConfig) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        // A token not valid before a time is not valid before it (with the same leeway).
+        validation.validate_nbf = true;
         // A configured issuer or audience must be present, not merely right when present.
         let mut required = vec!["exp", "sub"];
         required.extend(config.issuer.as_ref().map(|_| "iss"));
@@ -93,6 +101,14 @@ impl TokenService {
         }
         let data =
             decode::<Claims>(token, key, &self.validation).map_err(|_| AppError::Unauthorized)?;
+        // Issued in the future: a clock far off, or a forged lifetime.
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > Utc::now().timestamp() + LEEWAY_SECS as i64)
+        {
+            return Err(AppError::Unauthorized);
+        }
         match data.claims.sub.parse::<i64>() {
             Ok(id) if id > 0 => {
                 self.verified.insert(token.into(), (id, data.claims.exp));
@@ -114,6 +130,7 @@ impl TokenService {
             sub: user_id.to_string(),
             exp: expires_at.timestamp(),
             iat: Some(now.timestamp()),
+            nbf: None,
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
         };

@@ -42,6 +42,8 @@ struct Inner {
     refreshed_during_load: Mutex<Option<Vec<i64>>>,
     /// One full load at a time.
     loading: tokio::sync::Mutex<()>,
+    /// Products read from MySQL one at a time since start (writes, and ids not known).
+    refreshes: std::sync::atomic::AtomicU64,
 }
 
 impl CatalogStore {
@@ -53,6 +55,7 @@ impl CatalogStore {
                 loaded: tokio::sync::watch::Sender::new(false),
                 refreshed_during_load: Mutex::default(),
                 loading: tokio::sync::Mutex::new(()),
+                refreshes: Default::default(),
             }),
         }
     }
@@ -101,8 +104,18 @@ impl CatalogStore {
         .unwrap_or_default()
     }
 
+    /// How many products were read from MySQL one at a time since start.
+    pub fn refreshes(&self) -> u64 {
+        self.inner
+            .refreshes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Reads one product again (after a write to it, here or on another instance).
     pub async fn refresh(&self, id: i64) -> Result<(), AppError> {
+        self.inner
+            .refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut during) = self.inner.refreshed_during_load.lock() {
             if let Some(ids) = during.as_mut() {
                 ids.push(id);

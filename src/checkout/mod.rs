@@ -23,13 +23,13 @@ use std::{sync::Arc, time::Duration};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use batch::{Batcher, Pending};
+use batch::{Batcher, Full, Pending};
 pub use job::NewOrder;
 use job::{Answer, Done, Job};
 
 use crate::{
     auth::Caller,
-    catalog::{ranking::Ranking, store::CatalogStore},
+    catalog::{ranking::Ranking, service::Catalog},
     db,
     error::AppError,
     idempotency::{self, Claim, IdempotencyKey, Outcome},
@@ -62,8 +62,9 @@ struct Engine {
     db: MySqlPool,
     stock: StockGate,
     ranking: Ranking,
-    /// The catalog in process: the sale window is checked here before any I/O.
-    products: CatalogStore,
+    /// The catalog in process: a missing product and the sale window are refused here
+    /// before any I/O.
+    catalog: Catalog,
     order_ttl: chrono::Duration,
 }
 
@@ -72,9 +73,10 @@ impl Checkout {
         db: MySqlPool,
         stock: StockGate,
         ranking: Ranking,
-        products: CatalogStore,
+        catalog: Catalog,
         order_ttl: Duration,
         batch_max: usize,
+        queue_max: usize,
     ) -> anyhow::Result<Self> {
         let engine = Arc::new(Engine {
             placed: moka::future::Cache::builder()
@@ -85,20 +87,21 @@ impl Checkout {
             db,
             stock,
             ranking,
-            products,
+            catalog,
             order_ttl: chrono::Duration::from_std(order_ttl)?,
         });
         let runner = engine.clone();
-        let batcher = Batcher::new(batch_max, move |product, jobs| {
+        let batcher = Batcher::new(batch_max, queue_max, move |product, jobs| {
             let engine = runner.clone();
             async move { engine.run(product, jobs).await }
         });
         Ok(Self { engine, batcher })
     }
 
-    /// Places an order: the sale window as this instance knows it, then the stock gate (a
-    /// refusal of either ends here, without MySQL), then the product's next batch, which
-    /// decides by every rule again. `body` is what makes a retry with the same
+    /// Places an order: the product and its sale window as this instance knows them, then
+    /// the stock gate (a refusal of any ends here, without MySQL; an id found missing is
+    /// remembered a moment), then the product's next batch, which decides by every rule
+    /// again. `body` is what makes a retry with the same
     /// Idempotency-Key "the same".
     #[tracing::instrument(skip(self, key, body))]
     pub async fn place(
@@ -110,11 +113,14 @@ impl Checkout {
     ) -> Result<Outcome<OrderView, ()>, AppError> {
         caller.act_for(order.user_id)?;
         let claim = key.claim(caller.scope("order"), body, axum::http::StatusCode::CREATED)?;
-        if let Some(product) = self.engine.products.get(order.product_id) {
-            if let Err(refusal) = product.window().check(db::now()) {
-                metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
-                return self.refuse(claim.as_ref(), refusal).await;
-            }
+        let known = match self.engine.catalog.product(order.product_id).await {
+            Ok(product) => product.window().check(db::now()),
+            Err(AppError::ProductNotFound) => Err(AppError::ProductNotFound),
+            Err(e) => return Err(e),
+        };
+        if let Err(refusal) = known {
+            metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
+            return self.refuse(claim.as_ref(), refusal).await;
         }
         let hold = Hold::new();
         let quantity = order.quantity.get();
@@ -205,7 +211,7 @@ impl Checkout {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let upcoming = engine.products.upcoming(db::now(), lead);
+                let upcoming = engine.catalog.cache.store.upcoming(db::now(), lead);
                 if let Err(e) = engine.stock.prewarm(&upcoming).await {
                     tracing::debug!(error = %e, "pre-warming upcoming sales failed; trying again");
                 }
@@ -218,15 +224,25 @@ impl Checkout {
         self.batcher.queued(product_id)
     }
 
+    /// Queues `job` in its product's next batch; a full queue refuses it at once (the
+    /// buyer retries in a second; a placement's reservation is given back now).
     async fn submit(&self, product_id: i64, job: Job) -> Answer {
-        self.batcher
-            .submit(product_id, job)
-            .await
-            .unwrap_or_else(|| {
-                Err(AppError::Internal(anyhow::anyhow!(
-                    "the checkout batch failed"
-                )))
-            })
+        match self.batcher.submit(product_id, job).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(AppError::Internal(anyhow::anyhow!(
+                "the checkout batch failed"
+            ))),
+            Err(Full(job)) => {
+                metrics::counter!("checkout_queue_full_total").increment(1);
+                if let Job::Place { hold, .. } = &job {
+                    self.engine
+                        .stock
+                        .finish(product_id, std::slice::from_ref(hold), Finish::Abandoned)
+                        .await;
+                }
+                Err(AppError::Busy("the checkout of this product".into()))
+            }
+        }
     }
 
     /// A refusal decided before any batch: with a key it is still an answer to keep (or

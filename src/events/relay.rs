@@ -34,8 +34,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long the broker may take to acknowledge one event.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often published rows older than the retention are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Producer settings: every replica acknowledges, and the idempotent producer keeps order
 /// and drops its own retried duplicates.
@@ -119,7 +117,6 @@ impl Relay {
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         let mut topic_ready = false;
-        let mut last_prune = tokio::time::Instant::now();
         loop {
             if !topic_ready {
                 match ensure_topic(&self.config).await {
@@ -147,14 +144,6 @@ impl Relay {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = tokio::time::Instant::now();
-                match prune(&self.db, self.config.retention).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "pruned published outbox rows"),
-                    Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
                 }
             }
         }
@@ -211,14 +200,14 @@ impl Relay {
     }
 }
 
-/// Deletes published rows older than `retention`; returns how many.
+/// Deletes every published row older than `retention` (in chunks); returns how many.
+/// Unpublished rows are never deleted: they are the events still to send.
 pub async fn prune(pool: &MySqlPool, retention: Duration) -> Result<u64, AppError> {
     let cutoff = db::now() - chrono::Duration::from_std(retention).map_err(anyhow::Error::from)?;
-    Ok(sqlx::query(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ? LIMIT 10000",
+    Ok(db::delete_all_before(
+        pool,
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ? LIMIT ?",
+        cutoff,
     )
-    .bind(cutoff)
-    .execute(pool)
-    .await?
-    .rows_affected())
+    .await?)
 }

@@ -1,11 +1,14 @@
-//! Request-level middleware: the request timeout, the request id every problem carries,
-//! metrics labelled by route template, and the problem+json fallbacks for unknown paths
-//! and methods.
+//! Request-level middleware: the request timeout, the request id every problem carries
+//! (a client's own only when it is 1–64 visible ASCII characters), metrics labelled by
+//! route template, the headers every answer carries (`X-Content-Type-Options: nosniff`)
+//! and private ones do (`Cache-Control: no-store`), and the problem+json fallbacks for
+//! unknown paths and methods.
 
 use std::time::{Duration, Instant};
 
 use axum::{
     extract::{MatchedPath, Request, State},
+    http::{header, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -33,6 +36,48 @@ pub async fn timeout(
             AppError::Timeout(limit.as_millis()).into_response()
         }
     }
+}
+
+/// The longest request id a client may choose.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// Whether a client's `x-request-id` may stand for the request in logs and problems.
+pub fn valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(u8::is_ascii_graphic)
+}
+
+/// Drops a client's `x-request-id` that is not 1–64 visible ASCII characters, so that the
+/// request-id layer makes one (no log or problem spoofed with junk).
+pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    if req
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !valid_request_id(v))
+    {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+/// Every answer: `X-Content-Type-Options: nosniff` (a browser must not guess a type).
+pub async fn nosniff(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Private answers (a user's points, orders, payments; minted tokens): no cache keeps
+/// them, whatever their status.
+pub async fn no_store(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Makes the request id (set or accepted by the request-id layer) available to every

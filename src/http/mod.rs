@@ -6,6 +6,7 @@ pub mod extract;
 pub mod middleware;
 pub mod pagination;
 pub mod rate_limit;
+pub mod server;
 
 pub use extract::{nullable, AppJson, AppPath, AppQuery, Id};
 

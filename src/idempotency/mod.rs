@@ -349,14 +349,14 @@ where
     done.map(|(view, after)| Outcome::Done(view, after))
 }
 
-/// Deletes answers older than the retention, a batch at a time.
+/// Deletes every answer older than the retention (in chunks); returns how many.
 pub async fn prune(pool: &MySqlPool) -> Result<u64, AppError> {
-    let cutoff = db::now() - RETENTION;
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ? LIMIT 1000")
-        .bind(cutoff)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+    Ok(db::delete_all_before(
+        pool,
+        "DELETE FROM idempotency_keys WHERE created_at < ? LIMIT ?",
+        db::now() - RETENTION,
+    )
+    .await?)
 }
 
 #[cfg(test)]

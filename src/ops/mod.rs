@@ -1,5 +1,6 @@
 //! Operational routes: liveness, readiness, metrics, the OpenAPI document and its page,
-//! and the problem-type pages.
+//! and the problem-type pages. Readiness and metrics ([`probes`]) can be served on a
+//! listener of their own (`OPS_BIND_ADDR`), away from the public one.
 
 pub mod problems;
 
@@ -20,6 +21,9 @@ use crate::{db::Reader, error::AppError, redis_store::RedisStore};
 
 /// How long a readiness probe waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How old an answer of `/readyz` may be: however often it is asked, MySQL and Redis are
+/// probed at most once a second.
+const READY_FOR: Duration = Duration::from_secs(1);
 
 /// What the operational routes look at.
 #[derive(Clone)]
@@ -36,6 +40,15 @@ pub struct Ops {
     /// Set when the instance is shutting down: readiness fails, so that a load balancer
     /// sends the traffic elsewhere while in-flight requests finish.
     pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The last readiness answer and when it was found (one probe at a time).
+    pub readiness: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
+}
+
+/// A readiness probe's finding: the body of a 200, or what is down.
+#[derive(Clone, Debug)]
+pub enum Readiness {
+    Ready(serde_json::Value),
+    Down(&'static str),
 }
 
 /// OpenAPI description of these routes.
@@ -43,6 +56,7 @@ pub struct Ops {
 #[openapi(paths(healthz, readyz, metrics, openapi_json))]
 pub struct Api;
 
+/// The public operational routes.
 pub fn router<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -50,15 +64,24 @@ where
 {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs))
+        .merge(docs())
         .route(crate::error::PROBLEMS_PATH, get(problems::index))
         .route(
             &format!("{}/{{slug}}", crate::error::PROBLEMS_PATH),
             get(problems::show),
         )
+}
+
+/// Readiness and metrics: on the public listener, or on `OPS_BIND_ADDR` alone.
+pub fn probes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Ops: FromRef<S>,
+{
+    Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
@@ -67,9 +90,34 @@ async fn openapi_json(State(ops): State<Ops>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], ops.openapi).into_response()
 }
 
-/// A human page over `/openapi.json`, self-contained (no CDN, nothing fetched at build).
-async fn docs() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("docs.html"))
+/// `/docs`: the standard Swagger UI over `/openapi.json`, its files inside the binary
+/// (`utoipa-swagger-ui`'s vendored copy: nothing is fetched, at build or at run time), with
+/// a Content-Security-Policy that lets the page run its own scripts only.
+fn docs<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let ui = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::new(["/openapi.json"]));
+    Router::from(ui).layer(axum::middleware::from_fn(content_security_policy))
+}
+
+/// The policy of `/docs`: scripts, styles, images and requests from this origin only
+/// (Swagger UI sets inline style attributes, and draws icons as `data:` images).
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; \
+     frame-ancestors 'none'";
+
+async fn content_security_policy(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(DOCS_CSP),
+    );
+    response
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -87,13 +135,31 @@ async fn readyz(State(ops): State<Ops>) -> Result<Json<serde_json::Value>, AppEr
             "this instance (shutting down)".into(),
         ));
     }
+    let mut last = ops.readiness.lock().await;
+    let readiness = match &*last {
+        Some((at, readiness)) if at.elapsed() < READY_FOR => readiness.clone(),
+        _ => {
+            let readiness = probe(&ops).await;
+            *last = Some((std::time::Instant::now(), readiness.clone()));
+            readiness
+        }
+    };
+    drop(last);
+    match readiness {
+        Readiness::Ready(body) => Ok(Json(body)),
+        Readiness::Down(what) => Err(AppError::DependencyUnavailable(what.into())),
+    }
+}
+
+/// Asks MySQL and Redis once.
+async fn probe(ops: &Ops) -> Readiness {
     let mysql = tokio::time::timeout(
         PROBE_TIMEOUT,
         sqlx::query("SELECT 1").execute(ops.db.primary_pool()),
     )
     .await;
     if !matches!(mysql, Ok(Ok(_))) {
-        return Err(AppError::DependencyUnavailable("mysql".into()));
+        return Readiness::Down("mysql");
     }
     // Without Redis the service still serves everything from MySQL, only slower.
     let redis = match ops.redis.cmd::<redis::Value>(&redis::cmd("PING")).await {
@@ -110,7 +176,7 @@ async fn readyz(State(ops): State<Ops>) -> Result<Json<serde_json::Value>, AppEr
         tracing::warn!("AUTH_DISABLED=true: every user route is open");
         body["warning"] = json!("authentication is disabled (AUTH_DISABLED=true)");
     }
-    Ok(Json(body))
+    Readiness::Ready(body)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",

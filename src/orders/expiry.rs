@@ -14,31 +14,23 @@ use super::{
 use crate::{
     db,
     error::AppError,
-    idempotency,
     stock::{Finish, Hold, StockGate},
 };
 
 /// Orders handled per sweep transaction.
 const BATCH: i64 = 200;
-/// Idempotency keys are pruned once every this many sweeps.
-const PRUNE_EVERY: u64 = 240;
 
 /// Runs the sweeper every `every` (validated non-zero at start-up) until the process ends.
 pub fn spawn(pool: MySqlPool, stock: StockGate, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for round in 0u64.. {
+        loop {
             ticker.tick().await;
             match sweep(&pool, &stock).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "expired unpaid orders"),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-            }
-            if round % PRUNE_EVERY == 0 {
-                if let Err(e) = idempotency::prune(&pool).await {
-                    tracing::warn!(error = %e, "pruning idempotency keys failed");
-                }
             }
         }
     })

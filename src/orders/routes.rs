@@ -47,6 +47,8 @@ where
         .route("/v1/orders/{order_id}/cancel", post(cancel))
         .route("/v1/orders/{order_id}/refund", post(refund))
         .route("/v1/users/{user_id}/orders", get(list))
+        // Private answers: no cache (a browser, a CDN) keeps them.
+        .route_layer(axum::middleware::from_fn(crate::http::middleware::no_store))
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]

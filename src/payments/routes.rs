@@ -45,6 +45,8 @@ where
         .route("/v1/payments", post(pay))
         .route("/v1/payments/{payment_id}", get(get_one))
         .route("/v1/users/{user_id}/payments", get(list))
+        // Private answers: no cache (a browser, a CDN) keeps them.
+        .route_layer(axum::middleware::from_fn(crate::http::middleware::no_store))
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]

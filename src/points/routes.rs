@@ -44,6 +44,8 @@ where
         .route("/v1/users/{user_id}/points", get(balance))
         .route("/v1/users/{user_id}/points/charge", post(charge))
         .route("/v1/users/{user_id}/points/history", get(history))
+        // Private answers: no cache (a browser, a CDN) keeps them.
+        .route_layer(axum::middleware::from_fn(crate::http::middleware::no_store))
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/points", tag = "points", security(("bearer" = [])),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use commerce_api::{
-    app::{serve, spawn_background},
+    app::{build_ops, serve, spawn_background},
     auth::TokenService,
     build_app,
     config::{AuthConfig, Config, LogFormat, RateLimitConfig, RedisTarget},
@@ -27,6 +27,8 @@ pub struct TestApp {
     /// The instance itself, for what a test must watch from inside (a batch's queue).
     pub state: AppState,
     pub base: String,
+    /// The ops listener (`/readyz`, `/metrics`) when `ops_bind_addr` is set.
+    pub ops_base: Option<String>,
     pub client: reqwest::Client,
     pub db: MySqlPool,
     pub tokens: TokenService,
@@ -79,6 +81,11 @@ pub fn test_config() -> Config {
         replica_max_lag: Duration::from_secs(2),
         redis: RedisTarget::Single(redis_url()),
         bind_addr: "127.0.0.1:0".parse().expect("address"),
+        ops_bind_addr: None,
+        trusted_proxies: Vec::new(),
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 10_000,
+        checkout_queue_max: 2_000,
         admin_token: Some(ADMIN_TOKEN.into()),
         auth: AuthConfig {
             jwt_secret: Some(JWT_SECRET.into()),
@@ -153,14 +160,40 @@ async fn start(config: Config) -> TestApp {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(
-        listener,
-        build_app(state.clone()),
-        std::future::pending(),
-    ));
+    let ops_base = match config.ops_bind_addr {
+        Some(_) => {
+            let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind ops");
+            let ops_addr = ops.local_addr().expect("ops addr");
+            let served = state.clone();
+            tokio::spawn(async move {
+                serve(
+                    &served,
+                    ops,
+                    build_ops(served.clone()),
+                    std::future::pending(),
+                )
+                .await
+            });
+            Some(format!("http://{ops_addr}"))
+        }
+        None => None,
+    };
+    let served = state.clone();
+    tokio::spawn(async move {
+        serve(
+            &served,
+            listener,
+            build_app(served.clone()),
+            std::future::pending(),
+        )
+        .await
+    });
     TestApp {
         state,
         base: format!("http://{addr}"),
+        ops_base,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()

@@ -7,6 +7,7 @@ mod catalog;
 mod checkout;
 mod concurrency;
 mod contract;
+mod edges;
 mod fairness;
 mod faults;
 mod haproxy;

@@ -79,11 +79,25 @@ async fn the_document_lists_every_spec_endpoint_with_its_security() {
 }
 
 #[tokio::test]
-async fn the_docs_page_is_served_without_external_assets() {
+async fn the_docs_page_is_swagger_ui_served_without_external_assets() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/docs")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let html = r.text().await.unwrap();
-    assert!(html.contains("/openapi.json"));
+    let text = |path: &'static str| {
+        let req = app.client.get(app.url(path)).send();
+        async move {
+            let r = req.await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.text().await.unwrap()
+        }
+    };
+    // /docs leads to the page; its scripts are the service's own files.
+    let html = text("/docs").await;
+    assert!(
+        html.contains(r#"<script src="./swagger-ui-bundle.js""#),
+        "{html}"
+    );
     assert!(!html.contains("https://"), "no CDN: the page works offline");
+    let init = text("/docs/swagger-initializer.js").await;
+    assert!(init.contains("/openapi.json"), "{init}");
+    assert!(!init.contains("https://"));
+    assert!(text("/docs/swagger-ui-bundle.js").await.len() > 100_000);
 }
