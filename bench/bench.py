@@ -106,6 +106,7 @@ class Server:
             sys.exit(f"something already serves {self.base}; stop it first")
         except OSError:
             pass
+        overrides = env
         env = dict(
             os.environ,
             DATABASE_URL=f"{DB_BASE}/{DB_NAME}",
@@ -122,8 +123,8 @@ class Server:
             SEED_PRODUCTS=str(PRODUCTS),
             SEED_USERS=str(USERS),
             RUST_LOG="warn",
-            **env,
         )
+        env.update(overrides)
         self.log = open(WORK / f"server-{name or gate}-{port}.log", "w")
         args = [str(BIN), "serve"] + (["--seed-demo"] if seed else [])
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=self.log)
@@ -490,6 +491,90 @@ def regressions(rows, rss):
     return found
 
 
+class Mariadbd:
+    """A mariadbd of the bench's own (its data directory under WORK), with the durability
+    the README requires and `options` on top; the service's user and the check user."""
+
+    DURABLE = ["--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--log-bin=binlog", "--binlog-format=ROW"]
+
+    def __init__(self, name, port, server_id, options=(), datadir=None):
+        self.port = port
+        self.datadir = datadir or WORK / f"mysql-{name}"
+        if datadir is None:
+            subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
+                            "--auth-root-authentication-method=normal", "--skip-test-db"],
+                           capture_output=True, check=True)
+        self.log = open(WORK / f"mysql-{name}.log", "w")
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.datadir}/sock",
+             f"--pid-file={self.datadir}/pid", f"--port={port}", f"--server-id={server_id}", "--user=root",
+             "--bind-address=127.0.0.1", "--skip-name-resolve", "--max-connections=500",
+             "--innodb-buffer-pool-size=256M", *self.DURABLE, *options],
+            stdout=self.log, stderr=self.log)
+        RedisCluster.wait(["mariadb", "-h127.0.0.1", "-uroot", f"-P{port}", "-N", "-e", "SELECT 'up'"], "up")
+
+    def sql(self, statements):
+        return subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", f"-P{self.port}", "-N", "-B", "-e", statements],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def users(self):
+        self.sql("CREATE USER 'commerce'@'%' IDENTIFIED BY 'commerce'; GRANT ALL ON `commerce%`.* TO 'commerce'@'%'; "
+                 "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; "
+                 "CREATE USER 'check'@'%';")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def standby_cost(rows):
+    """Issue 20's row: the sold-out sale with MySQL behind HAProxy on a primary and its
+    semi-synchronous standby (AFTER_SYNC), against the same sale on one MariaDB of the same
+    durability: what the standby costs."""
+    def sale(label, url):
+        server = Server(name=label, port=PORT + 20, DATABASE_URL=url, REDIS_PREFIX=f"commerce_bench_{label}:")
+        try:
+            return k6_flash(label, base=server.base)
+        finally:
+            server.stop()
+
+    one = Mariadbd("one", 17310, 1)
+    try:
+        one.users()
+        single = sale("one-mariadb", "mysql://commerce:commerce@127.0.0.1:17310/commerce_bench_one")
+    finally:
+        one.stop()
+    primary = Mariadbd("primary", 17311, 1, ["--rpl-semi-sync-master-enabled=ON",
+                                             "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+                                             "--rpl-semi-sync-master-timeout=10000"])
+    standby = Mariadbd("standby", 17312, 2, ["--rpl-semi-sync-slave-enabled=ON", "--sync-relay-log=1", "--read-only=ON"])
+    proxy = None
+    try:
+        primary.users()
+        standby.sql("SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=17311, "
+                    "MASTER_USER='repl', MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos; START SLAVE;")
+        RedisCluster.wait(["mariadb", "-h127.0.0.1", "-uroot", "-P17311", "-N", "-e",
+                           "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'"], "ON")
+        config = WORK / "haproxy-mysql.cfg"
+        template = (ROOT / "deploy" / "haproxy-mysql.cfg.template").read_text()
+        config.write_text(template.replace("@LISTEN@", "127.0.0.1:17313")
+                          .replace("@CHECK@", str(ROOT / "deploy" / "mysql-writable.sh"))
+                          .replace("@SERVERS@\n", "    server primary 127.0.0.1:17311 check\n    server standby 127.0.0.1:17312 check\n"))
+        proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        RedisCluster.wait(["mariadb", "-h127.0.0.1", "-ucheck", "-P17313", "-N", "-e", "SELECT @@global.read_only"], "0")
+        time.sleep(1)  # every server checked once
+        pair = sale("semi-sync-pair", "mysql://commerce:commerce@127.0.0.1:17313/commerce_bench_pair")
+    finally:
+        if proxy:
+            proxy.kill()
+        standby.stop()
+        primary.stop()
+    rows.append(row(f"k6 flash sale sold out ({BUYERS:,} → {UNITS}), one MariaDB of the bench's own (durable: "
+                    "flush at commit, sync_binlog=1)", single))
+    rows.append(row("the same sale, MySQL behind HAProxy on a primary and its semi-synchronous standby (AFTER_SYNC)",
+                    pair, "the same sale on one MariaDB", single))
+
+
 def rss_mib(pid):
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
@@ -740,6 +825,9 @@ def measure(server):
     rows.append(row(f"k6 flash sale sold out, MySQL only ({BUYERS:,} buyers → {UNITS} units)", flash_mysql))
 
     products.append(("mysql", flash_mysql["product"], UNITS))
+
+    log("the standby's cost: the sold-out sale on a semi-synchronous pair behind HAProxy, and on one MariaDB")
+    standby_cost(rows)
     for label, product, given in products:
         sold, paid = mariadb(f"SELECT sold, (SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = {product} AND status = 'PAID') FROM products WHERE id = {product}").split("\t")
         invariants.append((f"flash sale ({label}) in MySQL: sold {sold} == Σ PAID quantities {paid} ≤ {given}", sold == paid and int(sold) <= given))
