@@ -325,15 +325,32 @@ impl RedisStore {
         &self,
         calls: &[redis::ScriptInvocation<'_>],
     ) -> Result<Vec<T>, KvError> {
-        if calls.is_empty() {
+        self.all(calls, |call, mut conn| async move {
+            call.invoke_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Several commands at once, like [`Self::scripts`]. Keys may be in any slot.
+    pub async fn cmds<T: FromRedisValue + Send>(&self, cmds: &[Cmd]) -> Result<Vec<T>, KvError> {
+        self.all(cmds, |cmd, mut conn| async move {
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// `call` for every item at once, each on a clone of one connection (so they pipeline).
+    async fn all<'a, I, T, F, Fut>(&self, items: &'a [I], call: F) -> Result<Vec<T>, KvError>
+    where
+        F: Fn(&'a I, Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.guard(|conn| async move {
-            futures_util::future::try_join_all(calls.iter().map(|call| {
-                let mut conn = conn.clone();
-                async move { call.invoke_async::<T>(&mut conn).await }
-            }))
-            .await
+        self.guard(|conn| {
+            let calls = items.iter().map(|item| call(item, conn.clone()));
+            futures_util::future::try_join_all(calls)
         })
         .await
     }

@@ -48,12 +48,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "redis_calls_rejected_total",
         "stock_rebuilds_total",
         "stock_drift_repaired_total",
+        "stock_syncs_total",
         "stock_prewarms_total",
         "stock_live_messages_total",
         "ranking_rebuilds_total",
         "ranking_days_repaired_total",
         "events_published_total",
         "events_publish_failures_total",
+        "events_relay_attempts_total",
     ] {
         metrics::counter!(name).absolute(0);
     }

@@ -139,7 +139,8 @@ pub async fn refund(
         // The counter from MySQL (exact and idempotent, unlike an increment), then the
         // ranking of the payment's day.
         if let Err(e) = stock.sync(&[r.product_id]).await {
-            tracing::warn!(product_id = r.product_id, error = %e, "stock not synced after a refund; the reconciler will");
+            tracing::warn!(product_id = r.product_id, error = %e, "stock not synced after a refund; the repairs will");
+            stock.resync_soon(r.product_id);
         }
         ranking.record(r.paid_day, r.product_id, -r.quantity).await;
     }

@@ -51,6 +51,8 @@ use crate::{
 
 /// Products rewritten per reconciliation transaction.
 const SYNC_BATCH: usize = 100;
+/// Held reservations one reconcile batch may rewrite (a script of ~10,000 takes Redis ~20 ms).
+const SYNC_HOLDS: i64 = 10_000;
 /// How often products whose Redis bookkeeping failed are re-synced.
 const REPAIR_EVERY: Duration = Duration::from_millis(200);
 /// The channel of the figures the scripts publish (`lua/live.lua` names it the same).
@@ -471,6 +473,12 @@ impl StockGate {
         self.mark_ended(product_id, holds);
     }
 
+    /// Re-syncs the product from MySQL as soon as it answers (the repairs, every 200 ms):
+    /// for a change committed in MySQL whose Redis follow-up failed.
+    pub fn resync_soon(&self, product_id: i64) {
+        self.mark_dirty(product_id);
+    }
+
     fn mark_dirty(&self, product_id: i64) {
         self.mark_ended(product_id, &[]);
     }
@@ -628,6 +636,7 @@ impl StockGate {
             .collect();
         // Every product's script in one pipelined round trip, while the locks are held.
         let replies: Vec<Vec<i64>> = self.redis.background().scripts(&calls).await?;
+        metrics::counter!("stock_syncs_total").increment(products.len() as u64);
         for ((id, ..), reply) in products.iter().zip(replies) {
             self.learn(*id, &reply, 2);
             let (before, after) = match reply.as_slice() {
@@ -670,11 +679,66 @@ impl StockGate {
         ids.extend(holding);
         ids.sort_unstable();
         ids.dedup();
-        let mut repaired = 0;
+        let mut drifted = Vec::new();
         for batch in ids.chunks(SYNC_BATCH) {
-            repaired += self.sync(batch).await?;
+            drifted.extend(self.disagreeing(batch).await?);
         }
+        // Synced in batches of at most SYNC_BATCH products and SYNC_HOLDS held reservations:
+        // a batch holds its products' locks for one round trip, and Redis runs its scripts
+        // back to back, every other call waiting (a product past SYNC_HOLDS goes alone).
+        let mut repaired = 0;
+        let mut batch: Vec<i64> = Vec::new();
+        let mut holds = 0;
+        for (id, pending) in drifted {
+            if !batch.is_empty() && (batch.len() == SYNC_BATCH || holds + pending > SYNC_HOLDS) {
+                repaired += self.sync(&batch).await?;
+                batch.clear();
+                holds = 0;
+            }
+            batch.push(id);
+            holds += pending;
+        }
+        repaired += self.sync(&batch).await?;
         Ok(repaired)
+    }
+
+    /// Of `ids`, the products whose hash may disagree with MySQL, told from their figures
+    /// and counts alone (one `HMGET` each, no hash read whole): a missing key, other
+    /// figures, another number of held reservations, a reservation in flight (whose
+    /// deadline only a full sync can check), or another limit. A product of tens of
+    /// thousands of PENDING orders that agrees costs Redis microseconds, not the tens of
+    /// milliseconds of a sync that would stall every other call meanwhile.
+    /// Returns them with their number of PENDING orders (distinct holds: one hash field
+    /// each).
+    async fn disagreeing(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>, AppError> {
+        let mut query = QueryBuilder::new(
+            "SELECT p.id, p.stock - p.reserved, p.sold, p.per_user_limit, \
+             (SELECT COUNT(DISTINCT o.hold) FROM orders o WHERE o.product_id = p.id AND o.status = 'PENDING') \
+             FROM products p WHERE p.id IN (",
+        );
+        push_ids(&mut query, ids);
+        query.push(")");
+        let mysql: Vec<(i64, i64, i64, Option<i64>, i64)> =
+            query.build_query_as().fetch_all(&self.db).await?;
+        let reads: Vec<redis::Cmd> = mysql
+            .iter()
+            .map(|(id, ..)| {
+                let mut hmget = redis::cmd("HMGET");
+                hmget
+                    .arg(self.product_key(*id))
+                    .arg(&["avail", "sold", "nh", "nr", "limit"]);
+                hmget
+            })
+            .collect();
+        let redis: Vec<Vec<Option<i64>>> = self.redis.background().cmds(&reads).await?;
+        Ok(mysql
+            .iter()
+            .zip(redis)
+            .filter(|((_, avail, sold, limit, pending), hash)| {
+                hash.as_slice() != [Some(*avail), Some(*sold), Some(*pending), Some(0), *limit]
+            })
+            .map(|((id, _, _, _, pending), _)| (*id, *pending))
+            .collect())
     }
 }
 

@@ -12,14 +12,14 @@ use serde_json::json;
 
 use crate::{
     helpers::{
-        free_port, hold_row, spawn_app, spawn_behind_proxy, spawn_with, statements_running,
+        free_port, hold_row, spawn_app, spawn_behind_proxy, spawn_with, statements_running, until,
         until_running, Reply, ServiceProcess, TestApp, BATCH_PRODUCT_LOCK, BATCH_USER_LOCK,
         JWT_SECRET,
     },
     proxy::{Mode, Proxy},
 };
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_after_kill_9_mid_payment_finishes_at_once() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(1_000).await;
@@ -47,14 +47,12 @@ async fn a_retry_after_kill_9_mid_payment_finishes_at_once() {
         }
     };
     let in_flight = tokio::spawn(pay(binary.base.clone()));
-    let start = Instant::now();
-    while statements_running(&app, BATCH_USER_LOCK).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the payment never blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        "the payment never blocked",
+        || async { statements_running(&app, BATCH_USER_LOCK).await != 0 },
+    )
+    .await;
     binary.kill(); // mid-payment: its claim and its work die with its connection
     assert!(
         in_flight.await.unwrap().is_none(),
@@ -81,7 +79,7 @@ async fn a_retry_after_kill_9_mid_payment_finishes_at_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_held_up_past_the_reservation_window_answers_what_committed() {
     let app = spawn_with(|c| c.reservation_hold = Duration::from_millis(300)).await;
     let (user, token) = app.funded_user(1_000).await;
@@ -103,14 +101,12 @@ async fn an_order_held_up_past_the_reservation_window_answers_what_committed() {
             Reply::read(r).await
         }
     });
-    let start = Instant::now();
-    while statements_running(&app, BATCH_PRODUCT_LOCK).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the placement never blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        "the placement never blocked",
+        || async { statements_running(&app, BATCH_PRODUCT_LOCK).await != 0 },
+    )
+    .await;
     // Held twice as long as the reservation's window: the request used to give up here
     // and answer 503 while its transaction went on to commit the order.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -133,7 +129,7 @@ async fn repairs_only() -> (TestApp, Proxy, i64, String) {
     (app, proxy, user, token)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_lost_to_a_redis_failure_is_repaired_within_a_second() {
     let (app, proxy, user, token) = repairs_only().await;
     let product = app.create_product(100, 1).await;
@@ -146,20 +142,18 @@ async fn a_release_lost_to_a_redis_failure_is_repaired_within_a_second() {
         .await
         .assert_status(200);
     proxy.set(Mode::Forward).await;
-    let start = Instant::now();
-    while app.redis_stock(product).await.0 != Some(1) {
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "Redis still says sold out while MySQL has the unit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(1),
+        "Redis still says sold out while MySQL has the unit",
+        || async { app.redis_stock(product).await.0 == Some(1) },
+    )
+    .await;
     app.order(user, &token, product, 1, 100)
         .await
         .assert_status(201);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_order_whose_settle_and_release_were_both_lost_is_not_counted_in_flight() {
     let (app, proxy, user, token) = repairs_only().await;
     let product = app.create_product(100, 2).await;
@@ -185,7 +179,7 @@ async fn a_paid_order_whose_settle_and_release_were_both_lost_is_not_counted_in_
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_detail_never_shows_negative_stock_and_the_drift_is_repaired() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(1_000).await;
@@ -223,14 +217,13 @@ async fn a_detail_never_shows_negative_stock_and_the_drift_is_repaired() {
     );
     lock.rollback().await.unwrap();
     // The product is re-synced from MySQL within a second.
-    let start = Instant::now();
-    while app.redis_stock(product).await.0 != Some(4) {
-        assert!(start.elapsed() < Duration::from_secs(1), "the drift stayed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(1), "the drift stayed", || async {
+        app.redis_stock(product).await.0 == Some(4)
+    })
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reconciler_holds_its_locks_for_one_round_trip_not_one_per_product() {
     let (app, proxy) = spawn_behind_proxy(|c| {
         c.reconcile_interval = Duration::from_secs(3600);
@@ -244,6 +237,12 @@ async fn the_reconciler_holds_its_locks_for_one_round_trip_not_one_per_product()
         let p = app.create_product(1, 10).await;
         app.order(user, &token, p, 1, 1).await.assert_status(201);
         products.push(p);
+    }
+    // Each hash loses its count of held reservations: the reconciler's cheap check sees
+    // all 100 as disagreeing, and syncs them.
+    for p in &products {
+        let key = format!("{}{{p{p}}}", app.config.redis_prefix);
+        let _: () = app.redis_cmd(redis::cmd("HDEL").arg(key).arg("nh")).await;
     }
     proxy.set(Mode::Slow).await; // every reply from Redis now waits 50 ms
                                  // Calls cut by the switch may have opened the circuit: wait until Redis answers again.
@@ -293,7 +292,7 @@ fn refuses_to_start(env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_configuration_stops_the_process_at_start_up_with_its_name() {
     for (key, bad) in [
         ("SWEEP_INTERVAL_MS", "0"),
@@ -306,5 +305,79 @@ async fn a_bad_configuration_stops_the_process_at_start_up_with_its_name() {
         let stderr = refuses_to_start(&[(key, bad)]);
         assert!(stderr.contains(key), "{key}={bad}: {stderr}");
         assert!(!stderr.contains("panicked"), "{key}={bad}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_whose_redis_follow_up_failed_is_repaired_within_a_second() {
+    let (app, proxy, user, token) = repairs_only().await;
+    let product = app.create_product(100, 1).await;
+    let id = app.order(user, &token, product, 1, 100).await.body["order_id"]
+        .as_i64()
+        .unwrap();
+    app.pay(&token, id).await.assert_status(201);
+    assert_eq!(app.redis_stock(product).await.0, Some(0));
+    proxy.set(Mode::Refuse).await; // the refund commits; its re-sync of the counter fails
+    app.post(&format!("/v1/orders/{id}/refund"), Some(&token), json!({}))
+        .await
+        .assert_status(200);
+    assert_eq!(app.product_row(product).await, (1, 1, 0, 0));
+    proxy.set(Mode::Forward).await;
+    until(
+        Duration::from_secs(1),
+        "the gate still says sold out after the refund",
+        || async { app.redis_disagreement(product).await.is_none() },
+    )
+    .await;
+    app.order(user, &token, product, 1, 100)
+        .await
+        .assert_status(201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_syncs_only_the_products_whose_figures_or_counts_disagree() {
+    let app = spawn_with(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
+    let (user, token) = app.funded_user(100_000).await;
+    let mut products = Vec::new();
+    for _ in 0..20 {
+        let p = app.create_product(1, 10).await;
+        let id = app.order(user, &token, p, 1, 1).await.assert_status(201)["order_id"]
+            .as_i64()
+            .unwrap();
+        if products.len() % 2 == 0 {
+            app.pay(&token, id).await.assert_status(201);
+        }
+        products.push(p);
+    }
+    // Placed, settled, paid: every hash agrees, and a pass reads their figures only.
+    let synced = crate::helpers::counter("stock_syncs_total", &[]);
+    assert_eq!(app.state.stock.reconcile().await.unwrap(), 0);
+    assert_eq!(crate::helpers::counter("stock_syncs_total", &[]), synced);
+    // One drifts (its figures); one's order was cancelled in MySQL while its release to
+    // Redis was lost (one held reservation too many): those two alone.
+    let key = format!("{}{{p{}}}", app.config.redis_prefix, products[3]);
+    let _: () = app
+        .redis_cmd(redis::cmd("HSET").arg(key).arg("avail").arg(7))
+        .await;
+    for sql in [
+        format!(
+            "UPDATE orders SET status = 'CANCELLED' WHERE product_id = {}",
+            products[5]
+        ),
+        format!(
+            "UPDATE products SET reserved = reserved - 1 WHERE id = {}",
+            products[5]
+        ),
+        format!("UPDATE users SET held = held - 1 WHERE id = {user}"),
+    ] {
+        sqlx::query(&sql).execute(&app.db).await.unwrap();
+    }
+    assert_eq!(app.state.stock.reconcile().await.unwrap(), 2);
+    assert_eq!(
+        crate::helpers::counter("stock_syncs_total", &[]),
+        synced + 2.0
+    );
+    for p in &products {
+        app.assert_redis_matches_mysql(*p).await;
     }
 }

@@ -35,6 +35,9 @@ for i = 3, #ARGV do
     redis.call('HDEL', key, field)
     if string.sub(field, 1, 2) == 'r:' then
       redis.call('HSET', key, 'x:' .. hold, string.format('%d', until_ms))
+      redis.call('HINCRBY', key, 'nr', -1)
+    else
+      redis.call('HINCRBY', key, 'nh', -1)
     end
     if back and user then
       if redis.call('HINCRBY', key, 'u:' .. user, -q) <= 0 then

@@ -1,6 +1,8 @@
 -- Reserve ARGV[2] units of one product for the hold token ARGV[1], ordered by user ARGV[4].
 -- KEYS[1]: the product's hash {avail, sold, limit, u:<user> = units the user holds,
--- r:<token> = "q:deadline_ms:user" (in flight), h:<token> = "q:user" (PENDING)}.
+-- r:<token> = "q:deadline_ms:user" (in flight), h:<token> = "q:user" (PENDING), and nr / nh:
+-- how many r: and h: fields there are (kept by every script, so that the reconciler can
+-- tell a hash that agrees with MySQL without reading it whole)}.
 -- With a per-customer limit (the field 'limit', written from MySQL by sync.lua) the user's
 -- units (PENDING, PAID and in flight) are checked and counted in this same call, so two
 -- orders of one user can never both pass it.
@@ -32,4 +34,5 @@ local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 redis.call('HINCRBY', key, 'avail', -q)
 redis.call('HSET', key, 'r:' .. ARGV[1], string.format('%d:%d:%s', q, deadline, user))
+redis.call('HINCRBY', key, 'nr', 1)
 return with_live({1, avail - q}, publish_live(key))

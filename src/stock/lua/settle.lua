@@ -22,9 +22,12 @@ for i = 1, #ARGV, 3 do
     -- already settled
   elseif redis.call('HDEL', key, 'r:' .. hold) == 1 then
     redis.call('HSET', key, 'h:' .. hold, q .. ':' .. user)
+    redis.call('HINCRBY', key, 'nr', -1)
+    redis.call('HINCRBY', key, 'nh', 1)
   else
     redis.call('HINCRBY', key, 'avail', -tonumber(q))
     redis.call('HSET', key, 'h:' .. hold, q .. ':' .. user)
+    redis.call('HINCRBY', key, 'nh', 1)
     if limited then
       redis.call('HINCRBY', key, 'u:' .. user, tonumber(q))
     end

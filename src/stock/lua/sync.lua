@@ -38,7 +38,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local before = tonumber(redis.call('HGET', key, 'avail') or '-1')
 local sold_before = redis.call('HGET', key, 'sold')
-local inflight = 0
+local inflight, nr, nh = 0, 0, 0
+-- The users' counts the hash has (u:<user>), to rewrite only those that change, and the
+-- held reservations already right.
+local had, kept = {}, {}
 local all = redis.call('HGETALL', key)
 for i = 1, #all, 2 do
   local field, value = all[i], all[i + 1]
@@ -49,32 +52,49 @@ for i = 1, #all, 2 do
       redis.call('HDEL', key, field)
     else
       inflight = inflight + tonumber(q)
+      nr = nr + 1
       count(user, q)
     end
-  elseif kind == 'h:' and not pending[token] then
-    redis.call('HDEL', key, field)
+  elseif kind == 'h:' then
+    local order = pending[token]
+    if not order then
+      redis.call('HDEL', key, field)
+    elseif value == order[1] .. ':' .. order[2] then
+      -- Already right: counted, not written again (a sync is O(changes) in writes).
+      count(order[2], order[1])
+      kept[token] = true
+      nh = nh + 1
+    end
   elseif kind == 'x:' and tonumber(value) <= now then
     redis.call('HDEL', key, field)
   elseif kind == 'u:' then
-    redis.call('HDEL', key, field)
+    had[token] = value
   end
 end
 for token, order in pairs(pending) do
-  redis.call('HSET', key, 'h:' .. token, order[1] .. ':' .. order[2])
-  count(order[2], order[1])
+  if not kept[token] then
+    redis.call('HSET', key, 'h:' .. token, order[1] .. ':' .. order[2])
+    count(order[2], order[1])
+    nh = nh + 1
+  end
 end
 if limit ~= '' then
   redis.call('HSET', key, 'limit', limit)
   for user, units in pairs(counts) do
-    if units > 0 then
+    if units > 0 and had[user] ~= tostring(units) then
       redis.call('HSET', key, 'u:' .. user, units)
     end
   end
 else
   redis.call('HDEL', key, 'limit')
 end
+for user, _ in pairs(had) do
+  if limit == '' or (counts[user] or 0) <= 0 then
+    redis.call('HDEL', key, 'u:' .. user)
+  end
+end
 local avail = tonumber(ARGV[1]) - inflight
-redis.call('HSET', key, 'avail', avail, 'sold', ARGV[2])
+redis.call('HSET', key, 'avail', avail, 'sold', ARGV[2], 'nr', nr, 'nh', nh)
 if before ~= avail or sold_before ~= ARGV[2] then
   return with_live({before, avail}, publish_live(key))
 end
