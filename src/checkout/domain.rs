@@ -556,3 +556,244 @@ mod tests {
         assert_eq!(code(&d[0]), "SALE_ENDED");
     }
 }
+
+/// Properties of [`decide`] over any batch: generated locked rows (consistent, as MySQL
+/// holds them) and any mix of placements and payments, valid or not.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{orders::domain::OrderStatus, points::domain::MAX_BALANCE};
+
+    const PRICE: i64 = 100;
+
+    fn now() -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(2_000_000_000, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    /// An order of the batch's product as generated: (user 1–4, quantity 1–3, status:
+    /// 0 PENDING, 1 PENDING past its expiry, 2 PAID, 3 CANCELLED).
+    fn an_order() -> impl Strategy<Value = (i64, i64, u8)> {
+        (1i64..=4, 1i64..=3, 0u8..4)
+    }
+
+    fn a_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            // Users 1–4 exist, 5 does not; the price seen is right or stale.
+            (
+                1i64..=5,
+                1i64..=4,
+                prop_oneof![Just(PRICE), Just(PRICE + 1)]
+            )
+                .prop_map(|(user_id, quantity, price)| Request::Place {
+                    user_id,
+                    quantity: Quantity::parse(quantity).unwrap(),
+                    price,
+                }),
+            // Orders 1–8 (some missing); the caller the owner or not.
+            (1i64..=4, 1i64..=9).prop_map(|(user, order_id)| Request::Pay {
+                caller: Caller::User(user),
+                order_id,
+            }),
+            Just(Request::Answered),
+        ]
+    }
+
+    /// Consistent locked rows: `reserved` is what the PENDING orders hold, each user holds
+    /// their PENDING orders' totals and has at least that much, the holdings count
+    /// PENDING and PAID units.
+    fn rows() -> impl Strategy<Value = Locked> {
+        (
+            prop::collection::vec(an_order(), 0..8),
+            0i64..8,
+            prop::collection::vec(0i64..600, 4),
+            prop::option::of(1i64..=6),
+            0u8..6,
+        )
+            .prop_map(|(orders, free, spare, limit, window)| {
+                let later = now() + chrono::Duration::minutes(10);
+                let orders: HashMap<i64, Order> = orders
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (user_id, quantity, status))| {
+                        let id = i as i64 + 1;
+                        let order = Order {
+                            id,
+                            user_id,
+                            product_id: 7,
+                            quantity,
+                            unit_price: PRICE,
+                            total_amount: quantity * PRICE,
+                            status: match status {
+                                0 | 1 => OrderStatus::Pending,
+                                2 => OrderStatus::Paid,
+                                _ => OrderStatus::Cancelled,
+                            },
+                            created_at: now(),
+                            expires_at: if status == 1 { now() } else { later },
+                            paid_at: None,
+                            hold: format!("h{id}"),
+                        };
+                        (id, order)
+                    })
+                    .collect();
+                let pending = |user: Option<i64>| -> (i64, i64) {
+                    orders
+                        .values()
+                        .filter(|o| o.status == OrderStatus::Pending)
+                        .filter(|o| user.is_none_or(|u| o.user_id == u))
+                        .fold((0, 0), |(q, t), o| (q + o.quantity, t + o.total_amount))
+                };
+                let reserved = pending(None).0;
+                let users = (1..=4)
+                    .map(|u| {
+                        let held = pending(Some(u)).1;
+                        let balance = (held + spare[(u - 1) as usize]).min(MAX_BALANCE);
+                        (u, Points { balance, held })
+                    })
+                    .collect();
+                let holdings = (1..=4)
+                    .map(|u| {
+                        let units = orders
+                            .values()
+                            .filter(|o| o.user_id == u)
+                            .filter(|o| {
+                                matches!(o.status, OrderStatus::Pending | OrderStatus::Paid)
+                            })
+                            .map(|o| o.quantity)
+                            .sum();
+                        (u, units)
+                    })
+                    .collect();
+                let hour = chrono::Duration::hours(1);
+                let window = match window {
+                    0 => SaleWindow::new(Some(now() + hour), None).unwrap(),
+                    1 => SaleWindow::new(None, Some(now() - hour)).unwrap(),
+                    _ => SaleWindow::default(),
+                };
+                Locked {
+                    product: Some(ProductRow {
+                        price: PRICE,
+                        stock: reserved + free,
+                        reserved,
+                        sold: 3,
+                        per_user_limit: limit,
+                        window,
+                    }),
+                    users,
+                    holdings,
+                    orders,
+                }
+            })
+    }
+
+    type Snapshot = (
+        Option<ProductRow>,
+        BTreeMap<i64, Points>,
+        BTreeMap<i64, i64>,
+        BTreeMap<i64, (OrderStatus, Option<NaiveDateTime>)>,
+    );
+
+    fn snapshot(l: &Locked) -> Snapshot {
+        (
+            l.product,
+            l.users.iter().map(|(k, v)| (*k, *v)).collect(),
+            l.holdings.iter().map(|(k, v)| (*k, *v)).collect(),
+            l.orders
+                .iter()
+                .map(|(k, o)| (*k, (o.status, o.paid_at)))
+                .collect(),
+        )
+    }
+
+    fn outcome(d: &Decision) -> String {
+        match d {
+            Decision::Answered => "answered".into(),
+            Decision::Place(Ok(p)) => format!("{p:?}"),
+            Decision::Pay(Ok(p)) => format!("{p:?}"),
+            Decision::Place(Err(e)) | Decision::Pay(Err(e)) => e.code().code.into(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// The batch decides each request exactly as if it ran alone after the ones before
+        /// it, and a refused request changes nothing at all.
+        #[test]
+        fn a_batch_decides_each_request_as_if_alone_in_arrival_order(
+            start in rows(),
+            requests in prop::collection::vec(a_request(), 0..16),
+        ) {
+            let mut batch = start.clone();
+            let together: Vec<String> = decide(&mut batch, &requests, now()).iter().map(outcome).collect();
+            let mut one_by_one = start;
+            let mut alone = Vec::new();
+            for request in &requests {
+                let before = snapshot(&one_by_one);
+                let decided = decide(&mut one_by_one, std::slice::from_ref(request), now());
+                if matches!(decided[0], Decision::Place(Err(_)) | Decision::Pay(Err(_)) | Decision::Answered) {
+                    prop_assert_eq!(snapshot(&one_by_one), before, "{:?} refused yet changed the rows", request);
+                }
+                alone.push(outcome(&decided[0]));
+            }
+            prop_assert_eq!(together, alone);
+            prop_assert_eq!(snapshot(&batch), snapshot(&one_by_one));
+        }
+
+        /// Whatever the batch: stock is never oversold or negative, units are conserved,
+        /// no balance leaves 0..=MAX_BALANCE, nobody holds more than they have, the points
+        /// ledger sums (each balance falls by exactly its payments, each hold moves by
+        /// exactly its placements and payments), and no accepted placement passes the limit.
+        #[test]
+        fn no_batch_breaks_stock_points_or_the_limit(
+            start in rows(),
+            requests in prop::collection::vec(a_request(), 0..16),
+        ) {
+            let mut end = start.clone();
+            let decisions = decide(&mut end, &requests, now());
+            let (p0, p1) = (start.product.unwrap(), end.product.unwrap());
+            prop_assert!(0 <= p1.reserved && p1.reserved <= p1.stock, "{:?}", p1);
+            prop_assert_eq!(p1.stock + p1.sold, p0.stock + p0.sold);
+            let placed: Vec<&Placed> = decisions.iter().filter_map(|d| match d {
+                Decision::Place(Ok(p)) => Some(p),
+                _ => None,
+            }).collect();
+            let paid: Vec<&Paid> = decisions.iter().filter_map(|d| match d {
+                Decision::Pay(Ok(p)) => Some(p),
+                _ => None,
+            }).collect();
+            let q_placed: i64 = placed.iter().map(|p| p.quantity).sum();
+            let q_paid: i64 = paid.iter().map(|p| p.quantity).sum();
+            prop_assert_eq!(p1.sold, p0.sold + q_paid);
+            prop_assert_eq!(p1.reserved, p0.reserved + q_placed - q_paid);
+            for (user, after) in &end.users {
+                let before = start.users[user];
+                prop_assert!(0 <= after.held && after.held <= after.balance && after.balance <= MAX_BALANCE, "{:?}", after);
+                let spent: i64 = paid.iter().filter(|p| p.user_id == *user).map(|p| p.amount).sum();
+                let held: i64 = placed.iter().filter(|p| p.user_id == *user).map(|p| p.total_amount).sum();
+                prop_assert_eq!(after.balance, before.balance - spent);
+                prop_assert_eq!(after.held, before.held + held - spent);
+                for p in paid.iter().filter(|p| p.user_id == *user) {
+                    prop_assert!(p.balance_after >= after.balance);
+                }
+                // Units held: what the rows said plus what this batch placed, counted here
+                // apart from the rules' own bookkeeping.
+                let units = start.holdings.get(user).copied().unwrap_or(0)
+                    + placed.iter().filter(|p| p.user_id == *user).map(|p| p.quantity).sum::<i64>();
+                prop_assert_eq!(end.holdings.get(user).copied().unwrap_or(0), units);
+                if let (Some(limit), true) = (p1.per_user_limit, placed.iter().any(|p| p.user_id == *user)) {
+                    prop_assert!(units <= limit, "user {} holds {} past {}", user, units, limit);
+                }
+            }
+            for p in &paid {
+                prop_assert_eq!(end.orders[&p.order_id].status, OrderStatus::Paid);
+            }
+        }
+    }
+}

@@ -32,12 +32,17 @@ pub enum Job {
         order_id: i64,
         claim: Option<Claim>,
     },
+    /// A placement refused before any batch (by the stock gate, the limit, the sale
+    /// window) whose request carried a key: its refusal is kept under the key in the
+    /// batch's transaction, with the others', instead of a transaction of its own.
+    Refuse { refusal: AppError, claim: Claim },
 }
 
 impl Job {
     pub fn claim(&self) -> Option<&Claim> {
         match self {
             Job::Place { claim, .. } | Job::Pay { claim, .. } => claim.as_ref(),
+            Job::Refuse { claim, .. } => Some(claim),
         }
     }
 }

@@ -38,8 +38,10 @@ use crate::{
     stock::{Finish, Gate, Hold, StockGate},
 };
 
-/// How many placed orders an instance remembers for routing their payments.
-const PLACED_REMEMBERED: u64 = 200_000;
+/// How many placed orders an instance remembers for routing their payments (for at most
+/// ORDER_TTL_SECS): a sale's winners of the last minutes; an older order's payment reads
+/// its product once from MySQL. An entry is ~100 bytes, so 50,000 are ~5 MB.
+const PLACED_REMEMBERED: u64 = 50_000;
 /// Sales starting within this are pre-warmed: their stock gate key is built beforehand.
 const PREWARM_LEAD: Duration = Duration::from_secs(60);
 /// How often upcoming sales are looked for.
@@ -120,7 +122,11 @@ impl Checkout {
         };
         if let Err(refusal) = known {
             metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
-            return self.refuse(claim.as_ref(), refusal).await;
+            return match refusal {
+                // No product, no batch to join.
+                AppError::ProductNotFound => self.refuse(claim.as_ref(), refusal).await,
+                _ => self.refuse_in_batch(order.product_id, claim, refusal).await,
+            };
         }
         let hold = Hold::new();
         let quantity = order.quantity.get();
@@ -141,7 +147,7 @@ impl Checkout {
         };
         if let Some(refusal) = refusal {
             metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
-            return self.refuse(claim.as_ref(), refusal).await;
+            return self.refuse_in_batch(order.product_id, claim, refusal).await;
         }
         let job = Job::Place { order, hold, claim };
         match self.submit(order.product_id, job).await? {
@@ -245,6 +251,36 @@ impl Checkout {
         }
     }
 
+    /// A refusal of an existing product's placement decided before any batch: with a key
+    /// it is still an answer to keep (or the replay of the key's earlier answer), kept in
+    /// the product's next batch — a sale's thousands of keyed refusals cost a few
+    /// transactions, not one each. When the queue is full, in a transaction of its own.
+    async fn refuse_in_batch(
+        &self,
+        product_id: i64,
+        claim: Option<Claim>,
+        refusal: AppError,
+    ) -> Result<Outcome<OrderView, ()>, AppError> {
+        let Some(claim) = claim else {
+            return Err(refusal);
+        };
+        let job = Job::Refuse { refusal, claim };
+        match self.batcher.submit(product_id, job).await {
+            Ok(Some(Ok(Done::Replayed(stored)))) => Ok(Outcome::Replayed(stored.replay())),
+            Ok(Some(Ok(_))) => Err(AppError::Internal(anyhow::anyhow!(
+                "a refusal was answered as a success"
+            ))),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err(AppError::Internal(anyhow::anyhow!(
+                "the checkout batch failed"
+            ))),
+            Err(Full(Job::Refuse { refusal, claim })) => self.refuse(Some(&claim), refusal).await,
+            Err(Full(_)) => Err(AppError::Internal(anyhow::anyhow!(
+                "the queue gave back another job"
+            ))),
+        }
+    }
+
     /// A refusal decided before any batch: with a key it is still an answer to keep (or
     /// the replay of the key's earlier answer).
     async fn refuse<V: Serialize + Send>(
@@ -290,7 +326,7 @@ impl Engine {
                     .iter()
                     .filter_map(|p| match &p.job {
                         Job::Place { hold, .. } => Some(hold.clone()),
-                        Job::Pay { .. } => None,
+                        Job::Pay { .. } | Job::Refuse { .. } => None,
                     })
                     .collect();
                 if e.code().code == "DEPENDENCY_UNAVAILABLE" {
@@ -352,13 +388,15 @@ impl Engine {
                     settle.push((hold.clone(), order.quantity.get(), order.user_id))
                 }
                 (Job::Place { hold, .. }, _) => abandon.push(hold.clone()),
-                (Job::Pay { .. }, _) => {}
+                (Job::Pay { .. } | Job::Refuse { .. }, _) => {}
             }
             let (kind, outcome) = match (job, answer) {
                 (Job::Place { .. }, Ok(_)) => ("orders_total", "placed"),
                 (Job::Pay { .. }, Ok(_)) => ("payments_total", "completed"),
                 (Job::Place { .. }, Err(e)) => ("orders_total", e.code().code),
                 (Job::Pay { .. }, Err(e)) => ("payments_total", e.code().code),
+                // Counted when refused, before the batch.
+                (Job::Refuse { .. }, _) => continue,
             };
             metrics::counter!(kind, "outcome" => outcome).increment(1);
         }

@@ -121,7 +121,7 @@ async fn once(
         .iter()
         .zip(&answers)
         .map(|(job, answer)| match (*job, answer) {
-            (_, Some(_)) => Request::Answered,
+            (_, Some(_)) | (Job::Refuse { .. }, None) => Request::Answered,
             (Job::Place { order, .. }, None) => Request::Place {
                 user_id: order.user_id,
                 quantity: order.quantity,
@@ -291,6 +291,12 @@ async fn once(
     {
         let answer = match (answer, decision) {
             (Some(answer), _) => answer,
+            (None, Decision::Answered) if matches!(job, Job::Refuse { .. }) => {
+                let Job::Refuse { refusal, .. } = *job else {
+                    unreachable!("matched just above")
+                };
+                Err(refusal.duplicate())
+            }
             (None, Decision::Place(Ok(p))) => {
                 let Job::Place { order, hold, .. } = *job else {
                     unreachable!("a placement decision belongs to a placement job")

@@ -288,3 +288,82 @@ mod tests {
         );
     }
 }
+
+/// The point ledger over any sequence of charges, refunds (credits), holds, payments and
+/// releases: the balance always equals the start plus what was credited minus what was
+/// paid, and nothing leaves `0 ≤ held ≤ balance ≤ MAX_BALANCE`.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Credit(i64),
+        Hold(i64),
+        Pay(i64),
+        Release(i64),
+    }
+
+    fn an_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1i64..=400_000).prop_map(Op::Credit),
+            (1i64..=300_000).prop_map(Op::Hold),
+            (1i64..=300_000).prop_map(Op::Pay),
+            (1i64..=300_000).prop_map(Op::Release),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn the_ledger_always_sums_and_stays_in_bounds(
+            start in 0i64..=MAX_BALANCE,
+            ops in prop::collection::vec(an_op(), 0..40),
+        ) {
+            let mut points = Points { balance: start, held: 0 };
+            // What the ledger (point_history) would record: credits and uses.
+            let (mut credited, mut used) = (0i64, 0i64);
+            // What the user's PENDING orders hold (each hold one order, paid or released whole).
+            let mut holds: Vec<i64> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Credit(amount) => {
+                        if let Ok(after) = Balance::new(points.balance).credit(amount) {
+                            points.balance = after.get();
+                            credited += amount;
+                        } else {
+                            prop_assert!(points.balance + amount > MAX_BALANCE);
+                        }
+                    }
+                    Op::Hold(total) => {
+                        if let Ok(after) = points.hold(total) {
+                            points = after;
+                            holds.push(total);
+                        } else {
+                            prop_assert!(total > points.available());
+                        }
+                    }
+                    Op::Pay(pick) | Op::Release(pick) if !holds.is_empty() => {
+                        let total = holds.remove(pick as usize % holds.len());
+                        points = match op {
+                            Op::Pay(_) => {
+                                let paid = points.pay(total);
+                                prop_assert!(paid.is_ok(), "a held order could not be paid: {:?}", points);
+                                used += total;
+                                paid.unwrap()
+                            }
+                            _ => points.release(total),
+                        };
+                    }
+                    Op::Pay(_) | Op::Release(_) => {}
+                }
+                prop_assert_eq!(points.balance, start + credited - used);
+                prop_assert_eq!(points.held, holds.iter().sum::<i64>());
+                prop_assert!(0 <= points.held && points.held <= points.balance && points.balance <= MAX_BALANCE, "{:?}", points);
+            }
+        }
+    }
+}
