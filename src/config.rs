@@ -136,7 +136,7 @@ pub struct Config {
 }
 
 /// Reads one variable as a number within `range` (or its default).
-fn bounded<T>(
+pub fn bounded<T>(
     get: &impl Fn(&str) -> Option<String>,
     key: &str,
     default: T,
@@ -162,6 +162,24 @@ where
         );
     }
     Ok(value)
+}
+
+/// URL schemes the Redis client understands.
+const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "unix://", "redis+unix://"];
+
+/// `KAFKA_TOPIC`, or the default: a name Kafka accepts (1–249 of `a-z A-Z 0-9 . _ -`).
+fn kafka_topic(topic: Option<String>) -> anyhow::Result<String> {
+    let topic = topic.unwrap_or_else(|| DEFAULT_TOPIC.into());
+    let valid = (1..=249).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && topic != "."
+        && topic != "..";
+    if !valid {
+        bail!("KAFKA_TOPIC={topic}: a topic name is 1 to 249 of a-z A-Z 0-9 . _ -");
+    }
+    Ok(topic)
 }
 
 impl Config {
@@ -236,9 +254,13 @@ impl Config {
                 }
                 RedisTarget::Cluster(nodes)
             }
-            None => RedisTarget::Single(
-                get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            ),
+            None => {
+                let url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                if !REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {
+                    bail!("REDIS_URL must be a redis://, rediss:// or unix:// URL");
+                }
+                RedisTarget::Single(url)
+            }
         };
         let redis_prefix = get("REDIS_PREFIX").unwrap_or_else(|| "commerce:".into());
         if redis_prefix.contains(['{', '}']) {
@@ -317,7 +339,7 @@ impl Config {
                 None => None,
                 Some(brokers) => Some(KafkaConfig {
                     brokers,
-                    topic: get("KAFKA_TOPIC").unwrap_or_else(|| DEFAULT_TOPIC.into()),
+                    topic: kafka_topic(get("KAFKA_TOPIC"))?,
                     partitions: count("KAFKA_PARTITIONS", 3, 1, 1000)? as i32,
                     retention: secs("OUTBOX_RETENTION_HOURS", 168, 1, 24 * 365)? * 3600,
                 }),
@@ -390,36 +412,159 @@ mod tests {
         assert!(with(&[("ADMIN_TOKEN", "0123456789abcdef")]).is_ok());
     }
 
+    /// A value out of range (or malformed) for every variable the README's table names
+    /// that has a range or a form, and what else it needs set to be read.
+    /// A variable, a value it refuses, and the variables it needs set to be read at all.
+    type Refusal = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+
+    const REFUSED: &[Refusal] = &[
+        ("DATABASE_URL", "postgres://x/y", &[]),
+        ("DATABASE_READ_URL", "postgres://x/y", &[]),
+        ("REPLICA_MAX_LAG_SECS", "3601", &[]),
+        ("REDIS_URL", "http://127.0.0.1:6379", &[]),
+        ("REDIS_CLUSTER_NODES", " , ", &[]),
+        ("REDIS_PREFIX", "shop{1}:", &[]),
+        ("REDIS_TIMEOUT_MS", "0", &[]),
+        ("REDIS_REQUEST_POOL", "1025", &[]),
+        ("BIND_ADDR", "localhost", &[]),
+        ("OPS_BIND_ADDR", "9080", &[]),
+        ("TRUSTED_PROXIES", "10.0.0.0/33", &[]),
+        ("HEADER_READ_TIMEOUT_MS", "99", &[]),
+        ("MAX_CONNECTIONS", "0", &[]),
+        ("CHECKOUT_QUEUE_MAX", "1000001", &[]),
+        ("ADMIN_TOKEN", "short", &[]),
+        ("AUTH_JWT_SECRET", "too-short", &[]),
+        ("AUTH_TOKEN_TTL_SECS", "0", &[]),
+        ("AUTH_DISABLED", "maybe", &[]),
+        ("ORDER_TTL_SECS", "ten", &[]),
+        ("REFUND_WINDOW_SECS", "31536001", &[]),
+        ("SWEEP_INTERVAL_MS", "-5", &[]),
+        ("RECONCILE_INTERVAL_MS", "99", &[]),
+        ("RESERVATION_HOLD_MS", "600001", &[]),
+        ("SOLD_OUT_MEMORY_MS", "60001", &[]),
+        ("BATCH_MAX", "0", &[]),
+        ("REQUEST_TIMEOUT_MS", "99", &[]),
+        ("SHUTDOWN_GRACE_MS", "60001", &[]),
+        ("DB_MAX_CONNECTIONS", "1", &[]),
+        ("STOCK_GATE", "postgres", &[]),
+        ("RATE_LIMIT_PER_SEC", "99999999999", &[]),
+        ("RATE_LIMIT_BURST", "-1", &[]),
+        ("USER_RATE_LIMIT_PER_SEC", "1.5", &[]),
+        ("USER_RATE_LIMIT_BURST", "lots", &[]),
+        ("KAFKA_TOPIC", "orders paid", &[("KAFKA_BROKERS", "k:9092")]),
+        ("KAFKA_PARTITIONS", "0", &[("KAFKA_BROKERS", "k:9092")]),
+        (
+            "OUTBOX_RETENTION_HOURS",
+            "8761",
+            &[("KAFKA_BROKERS", "k:9092")],
+        ),
+        ("LOG_FORMAT", "xml", &[]),
+    ];
+
+    /// Variables of the table without a range or a form of their own: free text, or read
+    /// elsewhere (the seed sizes: `seed::Size`, tested there).
+    const FREE: &[&str] = &[
+        "AUTH_ISSUER",
+        "AUTH_AUDIENCE",
+        "KAFKA_BROKERS",
+        "RUST_LOG",
+        "SEED_PRODUCTS",
+        "SEED_USERS",
+    ];
+
     #[test]
-    fn every_duration_and_size_is_checked() {
-        for (key, bad) in [
-            ("SWEEP_INTERVAL_MS", "0"),
-            ("RECONCILE_INTERVAL_MS", "0"),
-            ("REQUEST_TIMEOUT_MS", "0"),
-            ("REDIS_TIMEOUT_MS", "0"),
-            ("RESERVATION_HOLD_MS", "0"),
-            ("ORDER_TTL_SECS", "0"),
-            ("AUTH_TOKEN_TTL_SECS", "0"),
-            ("DB_MAX_CONNECTIONS", "1"),
-            ("BATCH_MAX", "0"),
-            ("KAFKA_PARTITIONS", "0"),
-            ("SWEEP_INTERVAL_MS", "-5"),
-            ("ORDER_TTL_SECS", "ten"),
-            ("RATE_LIMIT_PER_SEC", "99999999999"),
-        ] {
-            let mut vars = vec![(key, bad)];
-            if key == "KAFKA_PARTITIONS" {
-                vars.push(("KAFKA_BROKERS", "k:9092"));
-            }
-            let err = with(&vars).expect_err(key);
-            assert!(err.to_string().starts_with(key), "{key}: {err}");
+    fn every_variable_out_of_range_is_refused_naming_it() {
+        for (key, bad, needs) in REFUSED {
+            let mut vars: Vec<(&str, &str)> = needs.to_vec();
+            vars.push((key, bad));
+            // The required ones themselves: only the bad value stands in.
+            let mut all = vec![("DATABASE_URL", "mysql://x/y"), ("AUTH_JWT_SECRET", SECRET)];
+            all.retain(|(k, _)| k != key);
+            all.extend(vars);
+            let err = config(&all).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{key}={bad}: {err}");
         }
+        // Two that are fine alone and not together.
         let err = with(&[
             ("REDIS_TIMEOUT_MS", "20000"),
             ("REQUEST_TIMEOUT_MS", "10000"),
         ])
         .unwrap_err();
         assert!(err.to_string().contains("shorter"), "{err}");
+    }
+
+    /// The variable names of the README's configuration table.
+    fn readme_variables() -> Vec<String> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_default();
+        let mut names = Vec::new();
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let first_cell = line.split('|').nth(1).unwrap_or_default();
+            let mut previous = String::new();
+            for name in first_cell.split('`').skip(1).step_by(2) {
+                // `RATE_LIMIT_PER_SEC` / `_BURST`: the second is RATE_LIMIT_BURST.
+                let name = match name.strip_prefix('_') {
+                    Some(suffix) => match previous.rsplit_once("_PER_SEC") {
+                        Some((stem, _)) => format!("{stem}_{suffix}"),
+                        None => name.to_string(),
+                    },
+                    None => name.to_string(),
+                };
+                if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    previous = name.clone();
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_variable_of_the_readme_is_checked_or_free() {
+        let names = readme_variables();
+        assert!(names.len() > 40, "the table was not found: {names:?}");
+        for name in &names {
+            assert!(
+                REFUSED.iter().any(|(k, _, _)| k == name) || FREE.contains(&name.as_str()),
+                "{name} is in the README's table but nothing checks it is refused out of range"
+            );
+        }
+        for (key, _, _) in REFUSED {
+            assert!(
+                names.iter().any(|n| n == key),
+                "{key} is not in the README's table"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bounded_value_is_accepted_at_its_edges() {
+        let c = with(&[
+            ("REPLICA_MAX_LAG_SECS", "3600"),
+            ("HEADER_READ_TIMEOUT_MS", "100"),
+            ("MAX_CONNECTIONS", "1"),
+            ("SOLD_OUT_MEMORY_MS", "0"),
+            ("SHUTDOWN_GRACE_MS", "60000"),
+            ("DB_MAX_CONNECTIONS", "2"),
+            ("RATE_LIMIT_PER_SEC", "0"),
+            ("REDIS_URL", "rediss://cache.example:6380"),
+            ("KAFKA_BROKERS", "k:9092"),
+            ("KAFKA_TOPIC", "shop.orders_paid-v2"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections, 1);
+        assert_eq!(
+            c.kafka.map(|k| k.topic).as_deref(),
+            Some("shop.orders_paid-v2")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use sqlx::{MySqlPool, QueryBuilder};
 
-use crate::{db, points::domain::PointKind};
+use crate::{config::bounded, db, points::domain::PointKind};
 
 pub const DEMO_PRODUCTS: i64 = 1000;
 pub const DEMO_USERS: i64 = 100;
@@ -32,17 +32,25 @@ pub struct Size {
     pub users: i64,
 }
 
+/// The most demo rows `serve --seed-demo` writes of each kind.
+const MAX_SEED: i64 = 10_000_000;
+
 impl Size {
     pub fn from_env() -> anyhow::Result<Self> {
-        let read = |key: &str, default: i64| -> anyhow::Result<i64> {
-            match std::env::var(key) {
-                Ok(v) if !v.trim().is_empty() => Ok(v.trim().parse()?),
-                _ => Ok(default),
-            }
-        };
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |key: &str| get(key).filter(|v| !v.trim().is_empty());
         Ok(Self {
-            products: read("SEED_PRODUCTS", DEMO_PRODUCTS)?,
-            users: read("SEED_USERS", DEMO_USERS)?,
+            products: bounded(
+                &get,
+                "SEED_PRODUCTS",
+                DEMO_PRODUCTS,
+                0..=MAX_SEED,
+                "products",
+            )?,
+            users: bounded(&get, "SEED_USERS", DEMO_USERS, 0..=MAX_SEED, "users")?,
         })
     }
 }
@@ -202,4 +210,33 @@ async fn sales(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(vars: &[(&str, &str)]) -> anyhow::Result<Size> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Size::from_lookup(|key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn seed_sizes_out_of_range_are_refused_naming_the_variable() {
+        for (key, bad) in [
+            ("SEED_PRODUCTS", "-1"),
+            ("SEED_PRODUCTS", "many"),
+            ("SEED_USERS", "10000001"),
+        ] {
+            let err = size(&[(key, bad)]).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{key}={bad}: {err}");
+        }
+        let s = size(&[("SEED_PRODUCTS", "100000"), ("SEED_USERS", "0")]).unwrap();
+        assert_eq!((s.products, s.users), (100_000, 0));
+        let s = size(&[]).unwrap();
+        assert_eq!((s.products, s.users), (DEMO_PRODUCTS, DEMO_USERS));
+    }
 }
