@@ -190,21 +190,23 @@ fn repeat_invalidation(config: &Config) -> Duration {
 /// Every route of SPEC §3 with its middleware; `/readyz` and `/metrics` only when no
 /// `OPS_BIND_ADDR` takes them ([`build_ops`]).
 pub fn build_app(state: AppState) -> Router {
+    with_middleware(routes(&state), state)
+}
+
+/// Every route of SPEC §3, without the middleware.
+pub fn routes(state: &AppState) -> Router<AppState> {
     let probes = match state.config.ops_bind_addr {
         None => ops::probes(),
         Some(_) => Router::new(),
     };
-    with_middleware(
-        Router::new()
-            .merge(ops::router())
-            .merge(probes)
-            .merge(points::router())
-            .merge(catalog::router())
-            .merge(orders::router())
-            .merge(payments::router())
-            .merge(admin::router()),
-        state,
-    )
+    Router::new()
+        .merge(ops::router())
+        .merge(probes)
+        .merge(points::router())
+        .merge(catalog::router())
+        .merge(orders::router())
+        .merge(payments::router())
+        .merge(admin::router())
 }
 
 /// The operations listener of `OPS_BIND_ADDR`: liveness, readiness and metrics.
@@ -218,7 +220,9 @@ pub fn build_ops(state: AppState) -> Router {
     )
 }
 
-fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+/// `routes` behind the service's middleware: request ids, tracing, the panic catcher, the
+/// body limit, the rate limits, metrics and the request timeout.
+pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
     routes
         .route_layer(middleware::from_fn_with_state(

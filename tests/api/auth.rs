@@ -92,7 +92,7 @@ async fn owner(app: &TestApp) -> (i64, String, i64, i64, i64) {
     (user, token, paid, payment, pending)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_user_route_refuses_missing_and_bad_tokens() {
     let app = spawn_app().await;
     let (user, _, _, payment, pending) = owner(&app).await;
@@ -126,7 +126,7 @@ async fn every_user_route_refuses_missing_and_bad_tokens() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_of_another_user_is_forbidden_or_sees_nothing() {
     let app = spawn_app().await;
     let (victim, _, paid, payment, pending) = owner(&app).await;
@@ -185,7 +185,7 @@ async fn a_token_of_another_user_is_forbidden_or_sees_nothing() {
     assert_eq!(status, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_owner_succeeds_on_every_user_route() {
     let app = spawn_app().await;
     let (user, token, _, payment, pending) = owner(&app).await;
@@ -203,24 +203,66 @@ async fn the_owner_succeeds_on_every_user_route() {
     );
 }
 
-#[tokio::test]
-async fn issuer_and_audience_are_enforced_when_configured() {
+const ISSUER: &str = "https://idp.example";
+const AUDIENCE: &str = "commerce-api";
+
+/// An app that requires `ISSUER` and `AUDIENCE`, a user of it, and what a token carrying
+/// `iss` and `aud` (absent where `None`) gets on the user's points.
+async fn with_claims(cases: &[(Option<&str>, Option<&str>, u16)]) {
     let app = spawn_with(|c| {
-        c.auth.issuer = Some("https://idp.example".into());
-        c.auth.audience = Some("commerce-api".into());
+        c.auth.issuer = Some(ISSUER.into());
+        c.auth.audience = Some(AUDIENCE.into());
     })
     .await;
-    let (user, good) = app.funded_user(0).await;
-    let plain = token_with(Algorithm::HS256, JWT_SECRET, &user.to_string(), 3600);
-    app.get(&format!("/v1/users/{user}/points"), Some(&plain))
-        .await
-        .assert_problem(401, "UNAUTHORIZED");
-    app.get(&format!("/v1/users/{user}/points"), Some(&good))
-        .await
-        .assert_status(200);
+    let user = app.create_user("claims").await;
+    for (iss, aud, status) in cases {
+        let mut claims = json!({"sub": user.to_string(), "exp": Utc::now().timestamp() + 3600});
+        if let Some(iss) = iss {
+            claims["iss"] = json!(iss);
+        }
+        if let Some(aud) = aud {
+            claims["aud"] = json!(aud);
+        }
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let r = app
+            .get(&format!("/v1/users/{user}/points"), Some(&token))
+            .await;
+        if *status == 200 {
+            r.assert_status(200);
+        } else {
+            r.assert_problem(*status, "UNAUTHORIZED");
+        }
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_issuer_configured_a_token_from_another_or_none_is_refused() {
+    // The audience is right in every case: only the issuer differs.
+    with_claims(&[
+        (Some(ISSUER), Some(AUDIENCE), 200),
+        (Some("https://other.example"), Some(AUDIENCE), 401),
+        (None, Some(AUDIENCE), 401),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_audience_configured_a_token_for_another_or_none_is_refused() {
+    // The issuer is right in every case: only the audience differs.
+    with_claims(&[
+        (Some(ISSUER), Some(AUDIENCE), 200),
+        (Some(ISSUER), Some("billing-api"), 401),
+        (Some(ISSUER), None, 401),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_routes_need_the_admin_token() {
     let app = spawn_app().await;
     for token in [None, Some("wrong"), Some("test-admin-token-but-longer")] {
@@ -264,7 +306,7 @@ async fn admin_routes_need_the_admin_token() {
         .assert_problem(404, "USER_NOT_FOUND");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_an_admin_token_the_admin_routes_do_not_exist() {
     let app = spawn_with(|c| c.admin_token = None).await;
     let r = app
@@ -284,7 +326,7 @@ async fn without_an_admin_token_the_admin_routes_do_not_exist() {
         .assert_problem(404, "NOT_FOUND");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_auth_disabled_user_routes_are_open() {
     let app = spawn_with(|c| {
         c.auth.disabled = true;

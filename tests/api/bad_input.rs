@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app, Reply};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_and_mistyped_bodies_are_400_and_write_nothing() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(5_000).await;
@@ -74,7 +74,7 @@ async fn malformed_and_mistyped_bodies_are_400_and_write_nothing() {
     assert_eq!(app.product_row(product).await, (10, 10, 0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_body_over_64_kib_is_413() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -92,7 +92,7 @@ async fn a_body_over_64_kib_is_413() {
     assert_eq!(app.balance(user).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_body_that_is_not_json_is_refused() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -107,7 +107,7 @@ async fn a_body_that_is_not_json_is_refused() {
     assert_eq!(app.balance(user).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_paths_wrong_methods_and_bad_parameters_are_problems() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -150,7 +150,7 @@ async fn unknown_paths_wrong_methods_and_bad_parameters_are_problems() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_input_is_validated_too() {
     let app = spawn_app().await;
     use reqwest::Method;
@@ -190,7 +190,7 @@ async fn admin_input_is_validated_too() {
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_patch_sets_available_stock_and_keeps_reservations() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
@@ -214,7 +214,7 @@ async fn admin_patch_sets_available_stock_and_keeps_reservations() {
 /// Every string field the API accepts, at its limit and one past it: the limit is stored
 /// whole, one past is a 400 (never a 500 from a column too short), nothing written. Limits
 /// count characters, so a multi-byte character counts one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_string_field_at_its_limit_fits_its_column_and_one_past_is_400() {
     use reqwest::Method;
     let app = spawn_app().await;

@@ -11,7 +11,7 @@ use crate::{
     proxy::{Mode, Proxy},
 };
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn c1_products_are_listed_twenty_per_page_by_id() {
     let app = spawn_app().await;
     for i in 0..45 {
@@ -52,7 +52,7 @@ async fn c1_products_are_listed_twenty_per_page_by_id() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_product_detail_shows_available_stock_and_sold() {
     let app = spawn_app().await;
     let id = app.create_product(1200, 50).await;
@@ -83,7 +83,7 @@ async fn sell(app: &crate::helpers::TestApp, product: i64, days_ago: i64, quanti
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn c2_top_ten_by_units_sold_in_the_window_ties_by_lower_id() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
@@ -127,7 +127,7 @@ async fn c2_top_ten_by_units_sold_in_the_window_ties_by_lower_id() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_seed_shows_a_ranking_at_once_and_every_invariant_holds() {
     let app = crate::helpers::spawn_app().await;
     let size = commerce_api::seed::Size {
@@ -264,7 +264,7 @@ async fn with_the_invalidation_channel_cut_figures_stay_right_and_every_write_sh
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_of_a_product_whose_key_redis_lost_reaches_every_instance() {
     let a = spawn_app().await;
     let b = spawn_sharing(&a, |_| {}).await;

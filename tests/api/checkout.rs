@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use sqlx::{MySql, Transaction};
 
 use crate::helpers::{
-    hold_row, spawn_sharing, spawn_with, statements_running, Reply, ServiceProcess, TestApp,
-    BATCH_PRODUCT_LOCK,
+    counter, eventually, hold_row, spawn_sharing, spawn_with, statements_running, until, Reply,
+    ServiceProcess, TestApp, BATCH_PRODUCT_LOCK,
 };
 
 /// Holds `product`'s row lock until the transaction ends: every batch of it waits.
@@ -28,27 +28,20 @@ async fn hold_product(app: &TestApp, product: i64) -> Transaction<'static, MySql
 /// Waits until a batch is in flight and blocked on the product's row lock (its locking
 /// read shows in the process list).
 async fn until_in_flight(app: &TestApp) {
-    let start = Instant::now();
-    while statements_running(app, BATCH_PRODUCT_LOCK).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no batch in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(Duration::from_secs(10), "no batch in flight", || async {
+        statements_running(app, BATCH_PRODUCT_LOCK).await != 0
+    })
+    .await;
 }
 
 /// Waits until `n` requests of `product` are queued behind the batch in flight.
 async fn until_queued(app: &TestApp, product: i64, n: usize) {
-    let start = Instant::now();
-    while app.state.checkout.queued(product) < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "only {} of {n} requests queued",
-            app.state.checkout.queued(product)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        &format!("{n} requests never queued"),
+        || async { app.state.checkout.queued(product) >= n },
+    )
+    .await;
 }
 
 /// A request sent from a task of its own, so the test can go on while it waits.
@@ -104,7 +97,7 @@ async fn stock_adds_up(app: &TestApp, product: i64, given: i64) {
     assert_eq!(available, stock - reserved);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_buyers_on_one_product_where_a_tenth_are_short_of_points() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let product = app.create_product(100, 1_000).await;
@@ -168,7 +161,7 @@ async fn a_thousand_buyers_on_one_product_where_a_tenth_are_short_of_points() {
     assert_eq!(outbox, 900, "one order.paid per payment");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_users_orders_in_one_batch_hold_points_together() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let product = app.create_product(100, 10).await;
@@ -230,7 +223,7 @@ async fn one_users_orders_in_one_batch_hold_points_together() {
     app.assert_redis_matches_mysql(product).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_of_mixed_requests_answers_each_on_its_own() {
     let app = spawn_with(|c| {
         c.db_max_connections = 30;
@@ -326,7 +319,7 @@ async fn a_batch_of_mixed_requests_answers_each_on_its_own() {
     app.assert_redis_matches_mysql(product).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_hammering_one_product_never_deadlock_or_oversell() {
     let a = spawn_with(|c| c.db_max_connections = 20).await;
     let b = spawn_sharing(&a, |c| c.db_max_connections = 20).await;
@@ -355,6 +348,18 @@ async fn two_instances_hammering_one_product_never_deadlock_or_oversell() {
     }))
     .await;
     let bought = outcomes.iter().filter(|b| **b).count() as i64;
+    // A deadlock is retried, not answered: count the retries instead. No batch of either
+    // instance and no cancel ran its transaction twice.
+    assert_eq!(
+        (a.state.checkout.retries(), b.state.checkout.retries()),
+        (0, 0),
+        "a batch deadlocked and ran again"
+    );
+    assert_eq!(
+        counter("db_transaction_retries_total", &[]),
+        0.0,
+        "a transaction deadlocked and ran again"
+    );
     let (_, _, reserved, sold) = a.product_row(product).await;
     assert_eq!(sold, bought);
     assert_eq!(reserved, 0);
@@ -403,7 +408,7 @@ async fn buy_with_keys(
     Some((status, paid.status().as_u16()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retries_finish() {
     let app = spawn_with(|c| c.reconcile_interval = Duration::from_millis(300)).await;
     let product = app.create_product(100, 10_000).await;
@@ -435,16 +440,29 @@ async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retrie
             })
         })
         .collect();
-    while done.load(std::sync::atomic::Ordering::SeqCst) < 60 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    first.kill(); // batches in flight die with it
+    eventually(Duration::from_secs(30), "60 buyers done", || async {
+        match done.load(std::sync::atomic::Ordering::SeqCst) {
+            n if n >= 60 => Ok(()),
+            n => Err(format!("{n} done")),
+        }
+    })
+    .await;
+    // Work certainly in flight: the test holds the product's row, so the next batch holds
+    // its keys, orders and users and waits on the product; the process dies then.
+    let lock = hold_product(&app, product).await;
+    until_in_flight(&app).await;
+    first.kill();
+    lock.rollback().await.unwrap();
     let before: Vec<Option<(u16, u16)>> = join_all(tasks)
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
     assert!(before.iter().filter(|r| r.is_some()).count() >= 60);
+    assert!(
+        before.iter().any(Option::is_none),
+        "the batch in flight died without an answer"
+    );
 
     // Whatever committed, committed whole: every PAID order has its payment, its history
     // row and its event; every balance is proven by its history.
@@ -506,7 +524,7 @@ async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retrie
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_local_sold_out_answer_ends_when_units_come_back_on_every_instance() {
     // Memory that outlives the test: only the units-back announcement can end it.
     let a = spawn_with(|c| c.sold_out_memory = Duration::from_secs(60)).await;

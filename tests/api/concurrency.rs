@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_with, until_running, Reply, BATCH_PRODUCT_LOCK};
+use crate::helpers::{spawn_app, spawn_with, until, until_running, Reply, BATCH_PRODUCT_LOCK};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_charges_lose_nothing() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -34,7 +34,7 @@ async fn two_hundred_concurrent_charges_lose_nothing() {
     app.assert_points_conserved(user).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_charges_crossing_the_cap_let_exactly_the_right_number_through() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(999_000).await;
@@ -49,7 +49,7 @@ async fn concurrent_charges_crossing_the_cap_let_exactly_the_right_number_throug
     app.assert_points_conserved(user).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_buyers_racing_for_ten_units_never_oversell() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let product = app.create_product(500, 10).await;
@@ -96,7 +96,7 @@ async fn a_hundred_buyers_racing_for_ten_units_never_oversell() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_retries_with_one_idempotency_key_charge_once() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -132,7 +132,7 @@ async fn sixteen_retries_with_one_idempotency_key_charge_once() {
 /// A on product Y) and whose orders' ids are opposite again, let go at the same instant,
 /// each locking both users: taken in arrival order or in the orders' order this deadlocks;
 /// taken in user id order, as the service does, it cannot.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_whose_users_arrive_in_opposite_orders_never_deadlock() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let x = app.create_product(10, 100).await;
@@ -185,9 +185,12 @@ async fn batches_whose_users_arrive_in_opposite_orders_never_deadlock() {
         (&ta, ay, y, 2),
     ] {
         replies.push(pay(token, id));
-        while app.state.checkout.queued(product) < queued {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        until(
+            std::time::Duration::from_secs(10),
+            &format!("{queued} payments never queued"),
+            || async { app.state.checkout.queued(product) >= queued },
+        )
+        .await;
     }
     lock.rollback().await.unwrap();
     for r in blockers.into_iter().chain(replies) {

@@ -19,8 +19,8 @@ use tokio::{
 use crate::{
     haproxy::HaProxy,
     helpers::{
-        eventually, hold_row, spawn_app, spawn_sharing, spawn_with, until_running, Reply, TestApp,
-        BATCH_PRODUCT_LOCK, JWT_SECRET,
+        counter, eventually, hold_row, spawn_app, spawn_sharing, spawn_with, until_running, Reply,
+        TestApp, BATCH_PRODUCT_LOCK, JWT_SECRET,
     },
     proxy::{Mode, Proxy},
 };
@@ -40,6 +40,45 @@ async fn until_closed(stream: &mut TcpStream, within: Duration) -> Duration {
             Err(_) => panic!("the connection was still open after {within:?}"),
         }
     }
+}
+
+/// One `GET /healthz` on `stream`, answered 200 (the connection stays open).
+async fn assert_served(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The whole answer: its head, then `content-length` bytes of body.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    let complete = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })?
+            .parse::<usize>()
+            .ok()?;
+        (body.len() >= length).then_some(())
+    };
+    while complete(&answer).is_none() {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 // Resource consumption (OWASP API4).
@@ -63,30 +102,24 @@ async fn a_request_head_trickled_slowly_is_cut_at_the_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_refused_while_the_open_ones_are_served() {
     let app = spawn_with(|c| c.max_connections = 4).await;
+    // Four connections, each served once (so certainly accepted, each holding a place)
+    // and kept open.
     let mut open = Vec::new();
     for _ in 0..4 {
-        open.push(TcpStream::connect(addr(&app)).await.unwrap());
+        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+        assert_served(&mut stream).await;
+        open.push(stream);
     }
-    // Give the server the time to accept all four (each takes a place).
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut fifth = TcpStream::connect(addr(&app)).await.unwrap();
     let _ = fifth
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     until_closed(&mut fifth, Duration::from_secs(2)).await;
+    assert_eq!(counter("http_connections_refused_total", &[]), 1.0);
     // The open ones still work.
-    let first = &mut open[0];
-    first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 64];
-    let n = first.read(&mut answer).await.unwrap();
-    assert!(
-        answer[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&answer[..n])
-    );
+    for stream in &mut open {
+        assert_served(stream).await;
+    }
     // One closed, a place is free again.
     drop(open);
     eventually(Duration::from_secs(2), "a place to free up", || async {
@@ -145,7 +178,7 @@ async fn a_full_checkout_queue_answers_503_at_once_and_gives_the_reservation_bac
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cleanup_deletes_every_expired_key_and_published_event_and_keeps_the_rest() {
     let app = spawn_app().await;
     // 0–9, to count rows into being.
@@ -196,7 +229,7 @@ async fn cleanup_deletes_every_expired_key_and_published_event_and_keeps_the_res
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_product_costs_mysql_once_and_its_creation_ends_that_everywhere() {
     let a = spawn_app().await;
     let b = spawn_sharing(&a, |_| {}).await;
@@ -290,7 +323,7 @@ async fn behind_haproxy_each_client_has_its_own_bucket_and_a_forged_header_count
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_request_id_is_kept_only_when_it_is_sane() {
     let app = spawn_app().await;
     let ask = |id: String| {
@@ -319,7 +352,7 @@ async fn a_client_request_id_is_kept_only_when_it_is_sane() {
 
 // Exposure.
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_an_ops_listener_metrics_and_readiness_leave_the_public_one() {
     let app = spawn_with(|c| c.ops_bind_addr = Some("127.0.0.1:0".parse().unwrap())).await;
     let ops = app.ops_base.clone().unwrap();
@@ -332,7 +365,7 @@ async fn with_an_ops_listener_metrics_and_readiness_leave_the_public_one() {
     app.get("/v1/products", None).await.assert_status(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readiness_answers_from_a_result_at_most_a_second_old() {
     let upstream = crate::helpers::redis_url();
     let redis = Proxy::start(
@@ -364,7 +397,7 @@ async fn readiness_answers_from_a_result_at_most_a_second_old() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn private_answers_are_not_stored_and_nothing_is_sniffed() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(1_000).await;
@@ -450,7 +483,7 @@ fn token(claims: Value) -> String {
     .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_before_its_nbf_or_issued_in_the_future_is_refused() {
     let app = spawn_app().await;
     let (user, _) = app.funded_user(10).await;
@@ -479,7 +512,7 @@ async fn a_token_before_its_nbf_or_issued_in_the_future_is_refused() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_keys_differing_in_case_are_two_keys() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;

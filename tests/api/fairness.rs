@@ -2,7 +2,7 @@
 //! Each rule on one Redis, from two instances, with Redis flushed mid-burst, on MySQL alone
 //! (`STOCK_GATE=mysql`) and on a Redis Cluster; races on the multi-threaded runtime.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use commerce_api::config::RedisTarget;
@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use crate::{
     helpers::{
-        eventually, hold_row, redis_url, spawn_app, spawn_sharing, spawn_with, until_running,
-        Reply, TestApp, BATCH_USER_LOCK,
+        eventually, hold_row, redis_url, spawn_app, spawn_sharing, spawn_with, until,
+        until_running, Reply, TestApp, BATCH_USER_LOCK,
     },
     redis_cluster::RedisCluster,
 };
@@ -54,7 +54,7 @@ async fn held_units(app: &TestApp, product: i64, user: i64) -> i64 {
 
 // F1 — reservations backed by points.
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f1_a_user_without_points_cannot_hold_a_sales_stock() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(0).await;
@@ -76,7 +76,7 @@ async fn f1_a_user_without_points_cannot_hold_a_sales_stock() {
     app.assert_redis_matches_mysql(product).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f1_points_for_three_units_hold_two_then_refuse_two_until_a_cancel() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(300).await;
@@ -112,7 +112,7 @@ async fn f1_points_for_three_units_hold_two_then_refuse_two_until_a_cancel() {
     app.assert_points_conserved(user).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f1_an_expired_order_gives_its_hold_back() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(300).await;
@@ -124,11 +124,10 @@ async fn f1_an_expired_order_gives_its_hold_back() {
         .execute(&app.db)
         .await
         .unwrap();
-    let start = Instant::now();
-    while app.order_status(&token, order).await != "EXPIRED" {
-        assert!(start.elapsed() < Duration::from_secs(5), "never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(5), "never expired", || async {
+        app.order_status(&token, order).await == "EXPIRED"
+    })
+    .await;
     assert_eq!(
         points(&app, user, &token).await,
         json!({"user_id": user, "balance": 300, "held": 0, "available": 300})
@@ -136,7 +135,7 @@ async fn f1_an_expired_order_gives_its_hold_back() {
     order_id(&app.order(user, &token, product, 3, 100).await);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f1_a_charge_is_capped_on_the_balance_not_on_what_is_available() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(999_000).await;
@@ -310,14 +309,10 @@ async fn f2_with_redis_flushed_mid_burst_mysql_still_places_one() {
     }));
     let releaser = async {
         // One of the burst got past the rebuilt key and waits behind the first.
-        let start = Instant::now();
-        while app.state.checkout.queued(product) < 1 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "none got past Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(Duration::from_secs(10), "none got past Redis", || async {
+            app.state.checkout.queued(product) >= 1
+        })
+        .await;
         lock.rollback().await.unwrap();
     };
     let (replies, ()) = tokio::join!(burst, releaser);
@@ -331,7 +326,7 @@ async fn f2_with_redis_flushed_mid_burst_mysql_still_places_one() {
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f2_a_refusal_by_the_limit_never_reaches_mysql() {
     let app = spawn_app().await;
     let product = product_with(&app, 100, 1000, json!({"per_user_limit": 2})).await;
@@ -355,7 +350,7 @@ async fn f2_a_refusal_by_the_limit_never_reaches_mysql() {
     user_lock.rollback().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f2_a_limit_set_later_counts_what_is_already_held() {
     let app = spawn_app().await;
     let product = app.create_product(100, 100).await;
@@ -436,7 +431,7 @@ async fn f3_a_sale_starting_in_three_seconds_opens_warm() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f3_a_sale_that_ended_refuses_and_reads_are_unaffected() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
@@ -484,7 +479,7 @@ async fn f3_a_sale_that_ended_refuses_and_reads_are_unaffected() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f3_the_batch_judges_the_window_by_mysqls_clock() {
     // The instance has not heard of the window (it was written behind its back): the
     // batch refuses by MySQL's clock all the same.
@@ -509,7 +504,7 @@ async fn f3_the_batch_judges_the_window_by_mysqls_clock() {
 
 // F4 — several rules at once, and what the admin API accepts.
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f4_when_several_rules_refuse_the_first_in_specs_order_answers() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(150).await;
@@ -542,7 +537,7 @@ async fn f4_when_several_rules_refuse_the_first_in_specs_order_answers() {
     order_id(&app.order(user, &token, product, 1, 90).await);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_writes_of_the_fairness_fields_are_checked() {
     let app = spawn_app().await;
     let post = |extra: Value| product_with_reply(&app, extra);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use commerce_api::{
-    app::{build_ops, serve, spawn_background},
+    app::{build_ops, routes, serve, spawn_background, with_middleware},
     auth::TokenService,
     build_app,
     config::{AuthConfig, Config, LogFormat, RateLimitConfig, RedisTarget},
@@ -41,6 +41,23 @@ fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| commerce_api::telemetry::install_metrics().expect("metrics recorder"))
         .clone()
+}
+
+/// The sum of the samples of counter `name` whose labels include every `key="value"` of
+/// `labels`, as this test process's recorder renders them. The recorder is process-wide
+/// and every test is its own process (nextest), so this counts what this test's in-process
+/// apps did.
+pub fn counter(name: &str, labels: &[&str]) -> f64 {
+    metrics_handle()
+        .render()
+        .lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, tags) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|l| tags.contains(l)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// A name no other test of any process uses (databases, prefixes, topics, groups).
@@ -140,7 +157,20 @@ pub async fn spawn_sharing(other: &TestApp, tweak: impl FnOnce(&mut Config)) -> 
     start(config).await
 }
 
+/// An app serving `extra` beside every route, behind the same middleware (a route that
+/// panics, say).
+pub async fn spawn_with_routes(extra: axum::Router<AppState>) -> TestApp {
+    start_serving(test_config(), move |state| {
+        with_middleware(routes(&state).merge(extra), state)
+    })
+    .await
+}
+
 async fn start(config: Config) -> TestApp {
+    start_serving(config, build_app).await
+}
+
+async fn start_serving(config: Config, router: impl FnOnce(AppState) -> axum::Router) -> TestApp {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
         .with_test_writer()
@@ -181,15 +211,8 @@ async fn start(config: Config) -> TestApp {
         None => None,
     };
     let served = state.clone();
-    tokio::spawn(async move {
-        serve(
-            &served,
-            listener,
-            build_app(served.clone()),
-            std::future::pending(),
-        )
-        .await
-    });
+    let router = router(served.clone());
+    tokio::spawn(async move { serve(&served, listener, router, std::future::pending()).await });
     TestApp {
         state,
         base: format!("http://{addr}"),
@@ -594,6 +617,29 @@ where
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+/// [`eventually`] for a yes-or-no condition; `failure` says what went wrong if it never
+/// holds.
+pub async fn until<F, Fut>(within: Duration, failure: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "{failure} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`until`] for code off the runtime (a process being started, a thread): blocks.
+pub fn block_until(within: Duration, failure: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "{failure} (waited {within:?})");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -8,10 +8,10 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::helpers::{free_port, unique_name};
+use crate::helpers::{block_until, free_port, unique_name};
 
 /// One `mariadbd`.
 pub struct Mariadb {
@@ -166,15 +166,11 @@ impl Mariadb {
             .spawn()
             .expect("mariadbd");
         self.child = Some(child);
-        let start = Instant::now();
-        while !answers(self.port) {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "mariadbd on {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        block_until(
+            Duration::from_secs(60),
+            &format!("mariadbd on {} did not start", self.port),
+            || answers(self.port),
+        );
     }
 
     /// `kill -9`: the server is gone, what it had not made durable with it.
@@ -217,19 +213,12 @@ impl MariaPair {
     /// (AFTER_SYNC), the standby read-only until promoted.
     pub fn start_standby() -> MariaPair {
         let pair = Self::with(SEMI_SYNC_PRIMARY, SEMI_SYNC_STANDBY);
-        let start = Instant::now();
-        while pair
-            .primary
-            .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_status'")
-            .trim_end()
-            != "Rpl_semi_sync_master_status\tON"
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "semi-sync never came on"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        block_until(Duration::from_secs(20), "semi-sync never came on", || {
+            pair.primary
+                .sql("SHOW STATUS LIKE 'Rpl_semi_sync_master_status'")
+                .trim_end()
+                == "Rpl_semi_sync_master_status\tON"
+        });
         pair
     }
 

@@ -27,7 +27,7 @@ const SPEC_PATHS: &[(&str, &str)] = &[
     ("patch", "/v1/admin/products/{product_id}"),
 ];
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_document_lists_every_spec_endpoint_with_its_security() {
     let app = spawn_app().await;
     let r = app.get("/openapi.json", None).await;
@@ -78,7 +78,7 @@ async fn the_document_lists_every_spec_endpoint_with_its_security() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_docs_page_is_swagger_ui_served_without_external_assets() {
     let app = spawn_app().await;
     let text = |path: &'static str| {

@@ -4,7 +4,7 @@ use commerce_api::config::RedisTarget;
 
 use crate::helpers::{spawn_app, spawn_with};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_readiness_and_metrics() {
     let app = spawn_app().await;
     assert_eq!(
@@ -31,7 +31,7 @@ async fn health_readiness_and_metrics() {
     assert!(metrics.contains("http_request_duration_seconds_bucket"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_id_is_returned() {
     let app = spawn_app().await;
     let r = app
@@ -46,7 +46,7 @@ async fn a_request_id_is_returned() {
     assert!(!r.headers().get("x-request-id").unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_the_service_is_ready_but_degraded() {
     let app = spawn_with(|c| c.redis = RedisTarget::Single("redis://127.0.0.1:1".into())).await;
     let r = app.get("/readyz", None).await;
@@ -61,12 +61,19 @@ async fn without_redis_the_service_is_ready_but_degraded() {
     assert_eq!(detail.body["stock"], 3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_down_is_503_dependency_unavailable() {
     let app = spawn_app().await;
+    let (user, token) = app.funded_user(100).await;
+    app.state.catalog.cache.store.loaded().await;
     app.state.db.close().await; // the app's own pool (the test has its own)
-    let r = app.get("/v1/products", None).await;
+                                // A read that only MySQL can answer: 503.
+    let r = app
+        .get(&format!("/v1/users/{user}/points"), Some(&token))
+        .await;
     r.assert_problem(503, "DEPENDENCY_UNAVAILABLE");
+    // The catalog, in memory, still answers.
+    app.get("/v1/products", None).await.assert_status(200);
     assert!(!r.body["detail"]
         .as_str()
         .unwrap()
@@ -77,7 +84,7 @@ async fn mysql_down_is_503_dependency_unavailable() {
     assert!(ready.body["detail"].as_str().unwrap().contains("mysql"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_past_the_ip_limit_is_429_with_retry_after_but_probes_are_exempt() {
     let app = spawn_with(|c| {
         c.rate_limits.per_ip_per_sec = 1;
@@ -102,7 +109,7 @@ async fn a_burst_past_the_ip_limit_is_429_with_retry_after_but_probes_are_exempt
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_per_user_write_limit_does_not_touch_another_user() {
     let app = spawn_with(|c| {
         c.rate_limits.user_write_per_sec = 1;
@@ -145,7 +152,7 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_names_a_metric_the_service_exports() {
     let dashboard: serde_json::Value =
         serde_json::from_str(include_str!("../../dashboards/commerce-api.json"))
@@ -198,7 +205,7 @@ async fn every_dashboard_query_names_a_metric_the_service_exports() {
     assert!(!metrics.contains(&format!("/v1/products/{product}\"")));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_past_request_timeout_ms_ends_in_a_503_problem_and_changes_nothing() {
     let app = spawn_with(|c| c.request_timeout = std::time::Duration::from_millis(300)).await;
     let product = app.create_product(100, 5).await;
@@ -220,4 +227,30 @@ async fn a_request_past_request_timeout_ms_ends_in_a_503_problem_and_changes_not
     assert_eq!(app.order_status(&token, id).await, "PENDING");
     assert_eq!(app.balance(user).await, 1_000);
     app.pay(&token, id).await.assert_status(201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_that_panics_answers_a_500_problem_and_the_process_serves_on() {
+    let app = crate::helpers::spawn_with_routes(axum::Router::new().route(
+        "/v1/boom",
+        axum::routing::get(|| async {
+            if std::hint::black_box(true) {
+                panic!("secret detail of a bug");
+            }
+        }),
+    ))
+    .await;
+    for _ in 0..3 {
+        let r = app.get("/v1/boom", None).await;
+        r.assert_problem(500, "INTERNAL");
+        assert!(
+            !r.body.to_string().contains("secret detail"),
+            "the panic's message leaked: {r:?}"
+        );
+        // The same instance goes on serving, the panicking route's neighbours too.
+        app.get("/healthz", None).await.assert_status(200);
+        app.get("/v1/products?page=1", None)
+            .await
+            .assert_status(200);
+    }
 }

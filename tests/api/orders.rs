@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{cancels_racing_the_sweeper, spawn_app, spawn_with};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn o1_an_order_with_price_and_quantity_reserves_stock() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
@@ -34,7 +34,7 @@ async fn o1_an_order_with_price_and_quantity_reserves_stock() {
     assert_eq!(list.assert_status(200)["items"][0], body);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn o1_price_and_quantity_are_required_and_checked() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
@@ -60,7 +60,7 @@ async fn o1_price_and_quantity_are_required_and_checked() {
     assert_eq!(app.product_row(product).await, (10, 10, 0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn o1_an_order_for_an_unknown_user_is_refused() {
     let app = spawn_app().await;
     let product = app.create_product(100, 10).await;
@@ -71,7 +71,7 @@ async fn o1_an_order_for_an_unknown_user_is_refused() {
     assert_eq!(app.product_row(product).await, (10, 10, 0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn o2_an_order_for_more_than_the_available_stock_is_refused() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(100_000).await;
@@ -92,7 +92,7 @@ async fn o2_an_order_for_more_than_the_available_stock_is_refused() {
     assert_eq!(app.product_row(product).await, (0, 5, 5, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_pending_order_returns_its_stock_once() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(100_000).await;
@@ -117,7 +117,7 @@ async fn cancelling_a_pending_order_returns_its_stock_once() {
         .assert_problem(404, "ORDER_NOT_FOUND");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unpaid_order_expires_and_returns_its_stock() {
     let app = spawn_with(|c| c.order_ttl = Duration::from_secs(1)).await;
     let (user, token) = app.funded_user(100_000).await;
@@ -148,7 +148,7 @@ async fn an_unpaid_order_expires_and_returns_its_stock() {
     assert_eq!(app.balance(user).await, 100_000);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_and_expiry_racing_return_stock_exactly_once() {
     let app = spawn_with(|c| {
         c.sweep_interval = Duration::from_millis(20);
@@ -198,4 +198,65 @@ async fn cancel_and_expiry_racing_return_stock_exactly_once() {
             .await,
         60
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_users_orders_paged_by_cursor_while_more_are_placed_show_each_once_and_miss_none() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(100_000).await;
+    let product = app.create_product(100, 1_000).await;
+    let place = || async {
+        let placed = app.order(user, &token, product, 1, 100).await;
+        placed.assert_status(201)["order_id"].as_i64().unwrap()
+    };
+    let mut existing = Vec::new();
+    for _ in 0..25 {
+        existing.push(place().await);
+    }
+    // Page through 4 at a time; before each next page, another order is placed (newer
+    // than every order already listed) and one of the listed ones is cancelled.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut placed_meanwhile = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/users/{user}/orders?limit=4&cursor={c}"),
+            None => format!("/v1/users/{user}/orders?limit=4"),
+        };
+        let page = app.get(&path, Some(&token)).await;
+        let body = page.assert_status(200).clone();
+        let items = body["items"].as_array().unwrap();
+        assert!(items.len() <= 4);
+        seen.extend(items.iter().map(|o| o["order_id"].as_i64().unwrap()));
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        placed_meanwhile.push(place().await);
+        let listed = seen[seen.len() - 1];
+        app.post(
+            &format!("/v1/orders/{listed}/cancel"),
+            Some(&token),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
+        assert!(seen.len() <= 25, "more pages than orders: {seen:?}");
+    }
+    // Newest first, no order twice, none of the 25 missed; the ones placed meanwhile are
+    // newer than the first page and belong to a fresh listing.
+    let mut expected = existing.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let fresh = app
+        .get(&format!("/v1/users/{user}/orders?limit=100"), Some(&token))
+        .await;
+    let all: Vec<i64> = fresh.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(all.len(), 25 + placed_meanwhile.len());
+    assert!(placed_meanwhile.iter().all(|id| all.contains(id)));
 }

@@ -18,7 +18,7 @@ async fn pending_order(
     (user, token, product, order)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn y1_to_y4_paying_deducts_points_and_stock_adds_sold_and_records_everything() {
     let app = spawn_app().await;
     let (user, token, product, order) = pending_order(&app, 10_000, 1200, 10, 3).await;
@@ -65,7 +65,7 @@ async fn y1_to_y4_paying_deducts_points_and_stock_adds_sold_and_records_everythi
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn y5_insufficient_points_fail_and_change_nothing() {
     let app = spawn_app().await;
     // An order placed before orders held points (F1), and another one since, paid with
@@ -96,7 +96,7 @@ async fn y5_insufficient_points_fail_and_change_nothing() {
     app.assert_points_conserved(user).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn y6_no_stock_at_payment_time_fails_and_changes_nothing() {
     let app = spawn_app().await;
     let (user, token, product, order) = pending_order(&app, 10_000, 100, 5, 2).await;
@@ -121,7 +121,7 @@ async fn y6_no_stock_at_payment_time_fails_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_order_cannot_be_paid_again() {
     let app = spawn_app().await;
     let (user, token, product, order) = pending_order(&app, 10_000, 100, 5, 1).await;
@@ -133,7 +133,7 @@ async fn a_paid_order_cannot_be_paid_again() {
     assert_eq!(app.product_row(product).await, (4, 4, 0, 1));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_orders_and_payments_are_not_found() {
     let app = spawn_app().await;
     let (_, token) = app.funded_user(0).await;

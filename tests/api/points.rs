@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::spawn_app;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn p1_a_user_reads_their_balance() {
     let app = spawn_app().await;
     let (id, token) = app.funded_user(1500).await;
@@ -17,7 +17,7 @@ async fn p1_a_user_reads_their_balance() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn p1_an_unknown_user_is_not_found() {
     let app = spawn_app().await;
     let token = app.token(999_999);
@@ -32,7 +32,7 @@ async fn p1_an_unknown_user_is_not_found() {
         .assert_problem(404, "USER_NOT_FOUND");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn p2_a_charge_of_one_point_is_the_minimum() {
     let app = spawn_app().await;
     let (id, token) = app.funded_user(0).await;
@@ -65,7 +65,7 @@ async fn p2_a_charge_of_one_point_is_the_minimum() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn p3_the_balance_after_a_charge_may_not_exceed_one_million() {
     let app = spawn_app().await;
     let (id, token) = app.funded_user(0).await;
@@ -80,7 +80,7 @@ async fn p3_the_balance_after_a_charge_may_not_exceed_one_million() {
     assert_eq!(app.balance(id).await, 1_000_000);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn p4_a_failed_charge_changes_nothing() {
     let app = spawn_app().await;
     let (id, token) = app.funded_user(999_990).await;
@@ -100,7 +100,7 @@ async fn p4_a_failed_charge_changes_nothing() {
     app.assert_points_conserved(id).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_lists_every_change_newest_first_in_pages() {
     let app = spawn_app().await;
     let (id, token) = app.funded_user(0).await;

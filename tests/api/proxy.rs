@@ -14,6 +14,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use crate::helpers::until;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Mode {
@@ -113,14 +115,12 @@ impl Proxy {
             let open = self.open.lock().unwrap();
             open.iter().any(|(born, n)| *born < now && *n > 0)
         };
-        let start = std::time::Instant::now();
-        while old_open() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(5),
-                "old connections still open"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until(
+            std::time::Duration::from_secs(5),
+            "old connections still open",
+            || async { !old_open() },
+        )
+        .await;
     }
 }
 

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::block_until;
+
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
@@ -104,17 +106,12 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes, dir };
         cluster.until_ok();
         // A replica that never finished its first sync would not take over its master.
-        let start = Instant::now();
-        while !cluster.live_ports().iter().all(|p| {
-            let info = cli(*p, &["INFO", "replication"]);
-            info.contains("role:master") || info.contains("master_link_status:up")
-        }) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "replicas never synced"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        block_until(Duration::from_secs(20), "replicas never synced", || {
+            cluster.live_ports().iter().all(|p| {
+                let info = cli(*p, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
         cluster
     }
 
@@ -168,14 +165,11 @@ impl RedisCluster {
     /// Waits until `victim` is no master any more (its replica took its slots) and the
     /// cluster is ok.
     pub fn until_failed_over(&self, victim: u16) {
-        let start = Instant::now();
-        while self.masters().contains(&victim) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no replica took over {victim}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        block_until(
+            Duration::from_secs(20),
+            &format!("no replica took over {victim}"),
+            || !self.masters().contains(&victim),
+        );
         self.until_ok();
     }
 

@@ -18,8 +18,9 @@ use commerce_api::config::RedisTarget;
 
 use crate::{
     helpers::{
-        cancels_racing_the_sweeper, eventually, redis_url, spawn_app, spawn_sharing, spawn_with,
-        ServiceProcess, TestApp,
+        cancels_racing_the_sweeper, counter, eventually, hold_row, redis_url, spawn_app,
+        spawn_sharing, spawn_with, until, until_running, ServiceProcess, TestApp,
+        BATCH_PRODUCT_LOCK,
     },
     proxy::{Mode, Proxy},
 };
@@ -81,7 +82,7 @@ async fn detail(app: &TestApp, product: i64) -> serde_json::Value {
     r.assert_status(200).clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_one_redis_agree_within_a_second_of_a_write() {
     let a = spawn_app().await;
     let b = spawn_sharing(&a, |_| {}).await;
@@ -141,13 +142,13 @@ pub async fn two_instances_agree(a: &TestApp, b: &TestApp) {
     a.assert_redis_matches_mysql(product).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_buyers_for_fifty_units_through_redis_never_oversell() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     five_hundred_for_fifty(&app).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_request_calls_on_a_deadpool_pool_five_hundred_buyers_still_get_fifty_units() {
     // REDIS_REQUEST_POOL: the bench's other way of running the request path. Sized for the
     // burst: with 8 connections, 500 buyers at once on a loaded machine waited past
@@ -170,7 +171,18 @@ pub async fn five_hundred_for_fifty(app: &TestApp) {
     let sold_out = outcomes.iter().filter(|o| o.1 == "OUT_OF_STOCK").count();
     assert_eq!((paid, sold_out), (50, 450), "{outcomes:?}");
     assert_eq!(app.product_row(product).await, (0, 0, 0, 50));
-    // The 450 refusals never reached MySQL: only the 50 served buyers have order rows.
+    // The 450 refusals never reached MySQL: the gate decided every one of the 500 — 50
+    // reserved, 450 refused by Redis or by the sold-out memory it fed — and sent none to
+    // MySQL to decide; only the 50 reserved have order rows.
+    let gate = |outcome: &str| {
+        counter(
+            "stock_reservations_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    assert_eq!(gate("reserved"), 50.0);
+    assert_eq!(gate("sold_out") + gate("sold_out_local"), 450.0);
+    assert_eq!(gate("mysql_fallback"), 0.0);
     assert_eq!(
         app.count(&format!(
             "SELECT COUNT(*) FROM orders WHERE product_id = {product}"
@@ -187,7 +199,7 @@ pub async fn five_hundred_for_fifty(app: &TestApp) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_gate_off_mysql_alone_still_never_oversells() {
     let app = spawn_with(|c| {
         c.stock_gate = false;
@@ -210,7 +222,7 @@ async fn with_the_gate_off_mysql_alone_still_never_oversells() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flushed_redis_comes_back_right_stock_reservations_and_ranking() {
     // Its own Redis database, so that FLUSHDB is this app's FLUSHALL and nobody else's.
     let app = spawn_with(|c| {
@@ -250,9 +262,12 @@ where
     // Redis loses everything once 20 buyers of the first wave have their answer, while
     // the other 60 are in flight.
     let flush = async {
-        while answered.load(Ordering::SeqCst) < 20 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until(
+            Duration::from_secs(30),
+            "20 buyers never answered",
+            || async { answered.load(Ordering::SeqCst) >= 20 },
+        )
+        .await;
         flush().await;
     };
     let (first, ()) = tokio::join!(wave(0..80), flush);
@@ -290,7 +305,7 @@ where
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_redis_gone_or_hanging_orders_and_payments_go_on_through_mysql() {
     let upstream = redis_url();
     let upstream = upstream
@@ -346,7 +361,7 @@ async fn with_redis_gone_or_hanging_orders_and_payments_go_on_through_mysql() {
     assert_eq!(detail(&app, product).await["stock"], 880);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_repair() {
     let app = spawn_app().await;
     let product = app.create_product(100, 10_000).await;
@@ -377,20 +392,38 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
             })
         })
         .collect();
-    while done.load(Ordering::SeqCst) < 100 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually(Duration::from_secs(30), "100 orders answered", || async {
+        match done.load(Ordering::SeqCst) {
+            n if n >= 100 => Ok(()),
+            n => Err(format!("{n} answered")),
+        }
+    })
+    .await;
+    // Reservations certainly in flight: with the product's row held by the test, the next
+    // batch has its units taken in Redis and waits in MySQL; the process dies then.
+    let lock = hold_row(&app, "products", product).await;
+    until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
     child.kill();
-    let replies: Vec<(u16, String)> = join_all(tasks)
+    lock.rollback().await.unwrap();
+    let replies: Vec<Option<(u16, String)>> = join_all(tasks)
         .await
         .into_iter()
-        .filter_map(|r| r.ok().flatten())
+        .map(|r| r.expect("a buyer's task panicked"))
         .collect();
+    assert!(
+        replies.iter().any(Option::is_none),
+        "the batch in flight died without an answer"
+    );
+    let replies: Vec<(u16, String)> = replies.into_iter().flatten().collect();
     let placed = replies.iter().filter(|r| r.0 == 201).count();
     assert!(
         placed >= 100,
         "only {placed} orders before the kill: {:?}",
         replies.iter().find(|r| r.0 != 201)
+    );
+    assert!(
+        app.redis_stock(product).await.3 > 0,
+        "the dead batch's reservations are left in Redis for the repairs"
     );
 
     // The restarted instance reconciles once the dead process's reservation deadlines pass.
@@ -407,7 +440,7 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
     assert_eq!(app.product_row(product).await.0, 10_000 - pending);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reconciler_builds_the_lost_counter_of_a_product_with_pending_orders() {
     let app = spawn_with(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
     let (held, idle) = (
@@ -451,7 +484,7 @@ async fn the_reconciler_builds_the_lost_counter_of_a_product_with_pending_orders
     assert_eq!(app.redis_stock(idle).await, (None, None, 0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expiry_racing_a_cancel_returns_the_units_once() {
     let app = spawn_with(|c| {
         c.sweep_interval = Duration::from_millis(20);

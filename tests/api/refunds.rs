@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_sharing, spawn_with, TestApp};
+use crate::helpers::{spawn_app, spawn_sharing, spawn_with, until, TestApp};
 
 /// A PAID order of `quantity` units at 100; returns (user, token, product, order, payment).
 async fn paid(app: &TestApp, balance: i64, quantity: i64) -> (i64, String, i64, i64, i64) {
@@ -27,7 +27,7 @@ async fn refund(app: &TestApp, token: &str, order: i64) -> crate::helpers::Reply
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r2_a_refund_gives_everything_back_in_one_transaction() {
     let app = spawn_app().await;
     let (user, token, product, order, payment) = paid(&app, 1_000, 3).await;
@@ -78,7 +78,7 @@ async fn r2_a_refund_gives_everything_back_in_one_transaction() {
     assert_eq!(app.order_status(&token, order).await, "REFUNDED");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r1_only_a_paid_order_of_the_caller_within_the_window_is_refundable() {
     let app = spawn_with(|c| c.sweep_interval = Duration::from_millis(20)).await;
     let (user, token) = app.funded_user(10_000).await;
@@ -106,11 +106,10 @@ async fn r1_only_a_paid_order_of_the_caller_within_the_window_is_refundable() {
     let refunded = place().await;
     app.pay(&token, refunded).await.assert_status(201);
     refund(&app, &token, refunded).await.assert_status(200);
-    let start = std::time::Instant::now();
-    while app.order_status(&token, expired).await != "EXPIRED" {
-        assert!(start.elapsed() < Duration::from_secs(10), "never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(10), "never expired", || async {
+        app.order_status(&token, expired).await == "EXPIRED"
+    })
+    .await;
     for order in [pending, cancelled, expired, refunded] {
         refund(&app, &token, order)
             .await
@@ -140,7 +139,7 @@ async fn r1_only_a_paid_order_of_the_caller_within_the_window_is_refundable() {
     app.assert_points_conserved(user).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r3_a_refund_past_the_balance_cap_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let (user, token, product, order, _) = paid(&app, 1_000, 5).await;
@@ -169,7 +168,7 @@ async fn r3_a_refund_past_the_balance_cap_is_refused_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r4_twenty_concurrent_refunds_of_one_order_refund_it_once() {
     let app = spawn_with(|c| c.db_max_connections = 30).await;
     let (user, token, product, order, _) = paid(&app, 1_000, 2).await;
@@ -199,7 +198,7 @@ async fn r4_twenty_concurrent_refunds_of_one_order_refund_it_once() {
     assert_eq!(first.assert_status(200), again.assert_status(200));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r4_the_gate_the_ranking_and_the_caches_follow_a_refund_on_every_instance() {
     let a = spawn_app().await;
     let b = spawn_sharing(&a, |_| {}).await;
@@ -242,7 +241,7 @@ async fn r4_the_gate_the_ranking_and_the_caches_follow_a_refund_on_every_instanc
         .assert_status(201);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_users_payments_are_listed_newest_first_in_pages() {
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
@@ -294,4 +293,107 @@ async fn a_users_payments_are_listed_newest_first_in_pages() {
     app.get("/v1/users/987654/payments", Some(&ghost))
         .await
         .assert_problem(404, "USER_NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_of_an_order_paid_on_an_earlier_utc_day_takes_its_units_off_that_day() {
+    let app = spawn_app().await;
+    let (_, token, yesterdays, order, _) = paid(&app, 1_000, 3).await;
+    let (_, _, todays, _, _) = paid(&app, 1_000, 2).await;
+    // The first sale moves to yesterday (UTC), in MySQL and in the ranking: its order, its
+    // payment and its day's sales row; the ranking rebuilds from MySQL on its next read.
+    for sql in [
+        format!("UPDATE orders SET paid_at = paid_at - INTERVAL 1 DAY WHERE id = {order}"),
+        format!(
+            "UPDATE payments SET created_at = created_at - INTERVAL 1 DAY WHERE order_id = {order}"
+        ),
+        format!(
+            "UPDATE daily_sales SET day = day - INTERVAL 1 DAY WHERE product_id = {yesterdays}"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&app.db).await.unwrap();
+    }
+    let prefix = &app.config.redis_prefix;
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today - chrono::Days::new(1);
+    for key in [
+        format!("{prefix}{{sales}}:ready"),
+        format!("{prefix}{{sales}}:{}", today.format("%Y%m%d")),
+    ] {
+        let _: () = app.redis_cmd(redis::cmd("DEL").arg(key)).await;
+    }
+    let sales = |day: chrono::NaiveDate, product: i64| {
+        format!(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM daily_sales WHERE day = '{day}' AND product_id = {product}"
+        )
+    };
+    assert_eq!(app.count(&sales(yesterday, yesterdays)).await, 3);
+    let top = app.get("/v1/products/top?days=2", None).await;
+    assert_eq!(top.body["items"][0]["product_id"], yesterdays, "{top:?}");
+
+    refund(&app, &token, order).await.assert_status(200);
+    // Yesterday's sales fall by the refund; today's are untouched.
+    assert_eq!(app.count(&sales(yesterday, yesterdays)).await, 0);
+    assert_eq!(app.count(&sales(today, todays)).await, 2);
+    // The ranking follows (once its two-second cache lets go): only today's sale is left.
+    until(
+        Duration::from_secs(5),
+        "the ranking kept the refunded sale",
+        || async {
+            let top = app.get("/v1/products/top?days=2", None).await;
+            let items = top.body["items"].as_array().cloned().unwrap_or_default();
+            items.len() == 1 && items[0]["product_id"] == todays && items[0]["sold"] == 2
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_a_payment_and_a_cancel_of_one_user_at_once_all_finish_without_a_deadlock() {
+    let app = spawn_app().await;
+    let (user, token) = app.funded_user(1_000).await;
+    let product = app.create_product(100, 10).await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let placed = app.order(user, &token, product, 1, 100).await;
+        orders.push(placed.assert_status(201)["order_id"].as_i64().unwrap());
+    }
+    let (refunded, paying, cancelling) = (orders[0], orders[1], orders[2]);
+    app.pay(&token, refunded).await.assert_status(201);
+    // All three wait on the user's row, held by the test, each having taken what comes
+    // before the user in the lock order (order, payment; keys and orders); then they go.
+    let lock = crate::helpers::hold_row(&app, "users", user).await;
+    let cancel = format!("/v1/orders/{cancelling}/cancel");
+    let racers = async {
+        tokio::join!(
+            refund(&app, &token, refunded),
+            app.pay(&token, paying),
+            app.post(&cancel, Some(&token), json!({})),
+        )
+    };
+    let releaser = async {
+        crate::helpers::until_running(&app, "SELECT % FROM users", 3).await;
+        lock.rollback().await.unwrap();
+    };
+    let ((r, p, c), ()) = tokio::join!(racers, releaser);
+    assert_eq!(r.assert_status(200)["status"], "REFUNDED");
+    p.assert_status(201);
+    assert_eq!(c.assert_status(200)["status"], "CANCELLED");
+    assert_eq!(
+        crate::helpers::counter("db_transaction_retries_total", &[])
+            + app.state.checkout.retries() as f64,
+        0.0,
+        "a transaction deadlocked and ran again"
+    );
+    // 1,000 - 100 (paid, refunded: + 100) - 100 (paid): 900, nothing held.
+    assert_eq!(app.balance(user).await, 900);
+    assert_eq!(
+        app.count(&format!("SELECT held FROM users WHERE id = {user}"))
+            .await,
+        0
+    );
+    app.assert_points_conserved(user).await;
+    assert_eq!(app.product_row(product).await, (9, 9, 0, 1));
+    app.eventually_redis_matches_mysql(product, Duration::from_secs(2))
+        .await;
 }

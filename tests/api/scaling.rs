@@ -37,14 +37,14 @@ async fn on_cluster(
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_a_cluster_five_hundred_buyers_for_fifty_units_never_oversell() {
     let cluster = RedisCluster::start();
     let app = on_cluster(&cluster, |_| {}).await;
     five_hundred_for_fifty(&app).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_a_cluster_two_instances_agree_within_a_second_of_a_write() {
     let cluster = RedisCluster::start();
     let a = on_cluster(&cluster, |_| {}).await;
@@ -52,7 +52,7 @@ async fn on_a_cluster_two_instances_agree_within_a_second_of_a_write() {
     two_instances_agree(&a, &b).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_a_cluster_flushall_on_every_master_comes_back_right() {
     let cluster = RedisCluster::start();
     let app = on_cluster(&cluster, |c| {
@@ -62,7 +62,7 @@ async fn on_a_cluster_flushall_on_every_master_comes_back_right() {
     flushed_redis_comes_back(&app, || async { cluster.flush_all() }).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
     let mut cluster = RedisCluster::start();
     let app = on_cluster(&cluster, |c| {
@@ -74,21 +74,35 @@ async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
     // The master of the product's slot dies once 100 buyers have their final answer.
     let victim = cluster.master_of(&format!("{}{{p{product}}}", app.config.redis_prefix));
     let answered = AtomicUsize::new(0);
+    let retried = Retried::default();
     let sale = join_all(buyers.iter().map(|(user, token)| {
-        let (app, answered) = (&app, &answered);
+        let (app, answered, retried) = (&app, &answered, &retried);
         async move {
-            let r = buy_through(&app.client, &app.base, *user, token, product).await;
+            let r = buy_through(&app.client, &app.base, *user, token, product, retried).await;
             answered.fetch_add(1, Ordering::SeqCst);
             r
         }
     }));
+    // Once 100 buyers have their answer, the test holds the product's row: the next batch
+    // waits in MySQL with its units reserved on the master, which dies then. The batch
+    // commits after the kill and its Redis bookkeeping meets the failover.
     let killer = async {
-        while answered.load(Ordering::SeqCst) < 100 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        eventually(Duration::from_secs(30), "100 buyers answered", || async {
+            match answered.load(Ordering::SeqCst) {
+                n if n >= 100 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        })
+        .await;
+        let lock = hold_row(&app, "products", product).await;
+        until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
         cluster.kill(victim);
+        lock.rollback().await.unwrap();
     };
     let (outcomes, ()) = tokio::join!(sale, killer);
+    // Nothing was ever answered 500; a 503 (Redis unreachable while the cluster fails
+    // over) was sent again with the same key.
+    retried.assert_only(&[503]);
     // Every buyer got a final answer; exactly the 200 units were sold, no more.
     let won = outcomes.iter().filter(|o| o.0 == 201).count();
     assert!(
@@ -143,7 +157,7 @@ async fn until_replica(app: &TestApp, state: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_behind_is_read_only_within_the_bound_then_the_primary_answers() {
     let pair = MariaPair::start();
     let app = on_replica(&pair).await;
@@ -188,7 +202,7 @@ async fn a_replica_behind_is_read_only_within_the_bound_then_the_primary_answers
     assert_eq!(app.get(&path, None).await.body["price"], 150);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_replica_killed_the_catalog_is_still_served() {
     let mut pair = MariaPair::start();
     let app = on_replica(&pair).await;
@@ -214,48 +228,64 @@ async fn with_the_replica_killed_the_catalog_is_still_served() {
     app.pay(&token, id).await.assert_status(201);
 }
 
-/// Places and pays one unit through `base` with the buyer's keys, retrying what did not
-/// end in an answer (a connection cut, a 5xx) with the same keys.
+/// What [`buy_through`] sent again, by the status that made it (0: the connection gave no
+/// answer).
+#[derive(Default)]
+struct Retried(std::sync::Mutex<std::collections::BTreeMap<u16, usize>>);
+
+impl Retried {
+    fn note(&self, status: u16) {
+        *self.0.lock().unwrap().entry(status).or_default() += 1;
+    }
+
+    /// Every retry was for one of `allowed` (a 500 never is).
+    fn assert_only(&self, allowed: &[u16]) {
+        let retried = self.0.lock().unwrap();
+        assert!(
+            retried.keys().all(|s| allowed.contains(s)),
+            "retried past {retried:?}; allowed only {allowed:?}"
+        );
+    }
+}
+
+/// Places and pays one unit through `base` with the buyer's keys, sending again (the same
+/// keys) what did not end in an answer — a connection cut, a 5xx — and noting each in
+/// `retried`.
 async fn buy_through(
     client: &reqwest::Client,
     base: &str,
     user: i64,
     token: &str,
     product: i64,
+    retried: &Retried,
 ) -> (u16, u16) {
-    async fn until_final(
-        client: &reqwest::Client,
-        url: String,
-        token: &str,
-        key: String,
-        body: Value,
-    ) -> (u16, Value) {
-        let start = Instant::now();
-        loop {
-            let sent = client
-                .post(&url)
-                .bearer_auth(token)
-                .header("Idempotency-Key", &key)
-                .json(&body)
-                .send()
-                .await;
-            if let Ok(r) = sent {
-                let status = r.status().as_u16();
-                if status < 500 {
-                    return (status, r.json().await.unwrap_or(Value::Null));
+    let until_final = |url: String, key: String, body: Value| async move {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{url}: an answer"),
+            || async {
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", &key)
+                    .json(&body)
+                    .send()
+                    .await;
+                let status = sent.as_ref().map_or(0, |r| r.status().as_u16());
+                match sent {
+                    Ok(r) if status < 500 => Ok((status, r.json().await.unwrap_or(Value::Null))),
+                    _ => {
+                        retried.note(status);
+                        tokio::time::sleep(Duration::from_millis(90)).await;
+                        Err(format!("{status}"))
+                    }
                 }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{url} never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+            },
+        )
+        .await
+    };
     let (placed, order) = until_final(
-        client,
         format!("{base}/v1/orders"),
-        token,
         format!("order-{user}"),
         json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100}),
     )
@@ -265,9 +295,7 @@ async fn buy_through(
         return (placed, 0);
     }
     let (paid, _) = until_final(
-        client,
         format!("{base}/v1/payments"),
-        token,
         format!("pay-{user}"),
         json!({"order_id": order["order_id"]}),
     )
@@ -275,7 +303,7 @@ async fn buy_through(
     (placed, paid)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_answer() {
     let app = spawn_with(|c| c.db_max_connections = 10).await;
     let product = app.create_product(100, 150).await;
@@ -291,21 +319,35 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
     let proxy = HaProxy::start(&[&first.base, &second.base]).await;
     let client = reqwest::Client::new();
     let answered = AtomicUsize::new(0);
+    let retried = Retried::default();
     let sale = join_all(buyers.iter().map(|(user, token)| {
-        let (client, url, answered) = (&client, &proxy.url, &answered);
+        let (client, url, answered, retried) = (&client, &proxy.url, &answered, &retried);
         async move {
-            let r = buy_through(client, url, *user, token, product).await;
+            let r = buy_through(client, url, *user, token, product, retried).await;
             answered.fetch_add(1, Ordering::SeqCst);
             r
         }
     }));
+    // Once 60 buyers have their answer, the test holds the product's row until a batch of
+    // each instance waits on it: the first instance dies with its batch in flight.
     let killer = async {
-        while answered.load(Ordering::SeqCst) < 60 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        eventually(Duration::from_secs(30), "60 buyers answered", || async {
+            match answered.load(Ordering::SeqCst) {
+                n if n >= 60 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        })
+        .await;
+        let lock = hold_row(&app, "products", product).await;
+        until_running(&app, BATCH_PRODUCT_LOCK, 2).await;
         first.kill();
+        lock.rollback().await.unwrap();
     };
     let (outcomes, ()) = tokio::join!(sale, killer);
+    // The dead instance's batch was in flight: HAProxy sent its requests again to the
+    // other instance (`retry-on empty-response`; the keys make that safe), or answered
+    // 503 and the buyer sent them again. None was ever answered 500 (or 502).
+    retried.assert_only(&[503]);
     // Every buyer has a final answer: paid, or sold out (a sold-out answer may come from
     // the dead instance's reservations, which hold their units until their deadline).
     assert!(
@@ -328,11 +370,11 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
     app.eventually_redis_matches_mysql(product, Duration::from_secs(10))
         .await;
     let late = app.bulk_buyers((150 - won) as usize, 1_000).await;
-    let rest = join_all(
-        late.iter()
-            .map(|(user, token)| buy_through(&client, &proxy.url, *user, token, product)),
-    )
-    .await;
+    let rest =
+        join_all(late.iter().map(|(user, token)| {
+            buy_through(&client, &proxy.url, *user, token, product, &retried)
+        }))
+        .await;
     assert!(rest.iter().all(|o| *o == (201, 201)), "{rest:?}");
     assert_eq!(app.product_row(product).await, (0, 0, 0, 150));
     let broken = app
