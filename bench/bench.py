@@ -294,8 +294,11 @@ def k6_run(label, script, attempt=1, base=BASE, **env):
     return text, json.loads(summary_path.read_text()), out.returncode
 
 
-def k6_flash(label, buyers=BUYERS, units=UNITS, vus=256, base=BASE, **extra):
-    text, summary, code = k6_run(f"flash-{label}", ROOT / "k6" / "flash_sale.js", base=base, BUYERS=buyers, UNITS=units, VUS=vus, **extra)
+def k6_flash(label, buyers=BUYERS, units=UNITS, vus=256, base=BASE, keys=False, **extra):
+    """A k6 flash sale; without Idempotency-Keys unless `keys` (the rows stay comparable
+    with the runs from before k6 sent them; one row measures what they cost)."""
+    text, summary, code = k6_run(f"flash-{label}", ROOT / "k6" / "flash_sale.js", base=base, BUYERS=buyers, UNITS=units,
+                                 VUS=vus, KEYS="1" if keys else "0", **extra)
     result = json.loads(re.search(r"FLASH_RESULT (\{.*?\})", text).group(1))
     checks = summary["metrics"]["checks"]
     invariants.append((f"k6 flash sale ({label}): {checks['passes']} checks incl. the end-of-run invariants, {checks['fails']} failed", checks["fails"] == 0))
@@ -579,6 +582,15 @@ def standby_cost(rows):
                     pair, "the same sale on one MariaDB", single))
 
 
+phases = []  # (after what, RSS MiB, peak RSS MiB)
+
+
+def phase_rss(server, name):
+    """The server's RSS and peak after a phase: where the peak was reached."""
+    phases.append((name, rss_mib(server.proc.pid), server.peak_rss_mib()))
+    log(f"after {name}: RSS {phases[-1][1]:.0f} MiB, peak {phases[-1][2]:.0f} MiB")
+
+
 def rss_mib(pid):
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
@@ -661,6 +673,9 @@ def report(rows, rss, p99_checks, notes, targets, latency, samples, soaked):
     lines += [f"- {name}: p99 {p99:.2f} ms — {yes(p99 <= 10)}" for name, p99 in p99_checks]
     lines += ["", f"Server peak RSS (VmHWM) with the {PRODUCTS:,}-product catalog: **{rss:.0f} MiB** "
               f"(target ≤ {RSS_TARGET_MIB} MiB: {yes(rss <= RSS_TARGET_MIB)}).", ""]
+    if phases:
+        lines += ["Where it was reached — the main instance's RSS and peak after each phase: "
+                  + "; ".join(f"{name} {now:.0f} (peak {peak:.0f})" for name, now, peak in phases) + " MiB.", ""]
     if samples:
         warm = [m for t, m in samples if t >= 30] or [samples[-1][1]]
         growth = warm[-1] - warm[0]
@@ -718,6 +733,7 @@ def measure(server):
         targets.append((f"{name.split(' (')[0]} ({name.split(' (')[1].rstrip(')')}) ≥ {target} of the static route",
                         result["rps"] / static["rps"], target))
 
+    phase_rss(server, "the reads")
     log(f"flash sale sold out: {BUYERS:,} buyers, {UNITS} units (Redis gate), and the same k6 on /healthz")
     flash = k6_flash("redis")
     k6_healthz = k6_static()
@@ -739,6 +755,7 @@ def measure(server):
     _, zero = api("POST", "/v1/admin/products", {"name": "bench sold out", "price": 1000, "stock": 0})
     refused_redis = refusals(zero["id"], token)
 
+    phase_rss(server, "the sold-out sale and the refusals")
     log("a fair drop: every buyer fires 5 orders at once, with a limit of one per customer and without")
     greedy = k6_flash("greedy", GREEDY=5)
     fair = k6_flash("fair", GREEDY=5, LIMIT=1)
@@ -747,6 +764,7 @@ def measure(server):
     targets.append(("Fair drop (limit 1, every buyer ×5) ≥ 0.9 of the same greedy sale without the limit",
                     fair["rps"] / greedy["rps"], 0.9))
 
+    phase_rss(server, "the greedy and fair drops")
     log("ceilings: the payment's and the placement's statements, 1 and 32 per transaction")
     _, ceiling_product = api("POST", "/v1/admin/products", {"name": "bench ceiling", "price": 1, "stock": 1_000_000_000})
     cp = ceiling_product["id"]
@@ -800,6 +818,12 @@ def measure(server):
         latency.append((f"winners' p99, orders and payments together (wrk, {conns} connections)", w["p99_ms"], 50))
     invariants.append((f"everyone wins: sold {wins['sold']} == buyers {BUYERS}", wins["sold"] == BUYERS))
 
+    log("everyone wins, every order and payment with an Idempotency-Key")
+    wins_keyed = k6_flash("everyone-wins-keyed", buyers=BUYERS, units=BUYERS, vus=WIN_VUS, keys=True)
+    rows.append(row(f"winners committed/s, everyone wins, every request with an Idempotency-Key (k6, {WIN_VUS} VUs)",
+                    {**wins_keyed, "rps": wins_keyed["winners"]}, "the same sale without keys", winners))
+    phase_rss(server, "everyone wins (k6, wrk, keyed)")
+
     log("payments and charges vs their raw transactions")
     pay = payments_bench(tokens)
     rows.append(row("payments (POST /v1/payments, one product, wrk)", pay, "mysqlslap payment, 1 per tx", pay_single, 1))
@@ -808,8 +832,10 @@ def measure(server):
     charge_ceiling = mysqlslap("charge.sql", 600, users=2000)
     rows.append(row("charges (POST /v1/users/{id}/points/charge, 2,000 users)", charge, "mysqlslap: the charge statements", charge_ceiling, 0.5))
 
+    phase_rss(server, "payments and charges")
     log(f"soak: {SOAK_SECONDS} s of random details, nobody scraping /metrics")
     soaked, samples = soak(server, SOAK_SECONDS)
+    phase_rss(server, "the soak")
     rss = server.peak_rss_mib()
     server.stop()
 
@@ -821,6 +847,7 @@ def measure(server):
     try:
         refused_mysql = refusals(zero["id"], token)
         flash_mysql = k6_flash("mysql")
+        phases.append(("the STOCK_GATE=mysql instance (its own process)", rss_mib(mysql_only.proc.pid), mysql_only.peak_rss_mib()))
         rss = max(rss, mysql_only.peak_rss_mib())
     finally:
         mysql_only.stop()

@@ -15,6 +15,9 @@ export const SMOKE = __ENV.SMOKE === '1';
 /// OUTAGE=1: a dependency is taken away during the run (scripts/cluster.sh failover): 503s
 /// are retried and allowed. Otherwise a single 503 fails the run.
 export const OUTAGE = __ENV.OUTAGE === '1';
+/// KEYS=0: orders and payments without an Idempotency-Key (and so never retried): the
+/// benchmark's rows comparable with runs from before the keys; one row of it has them.
+const KEYS = __ENV.KEYS !== '0' || OUTAGE;
 /// 409 (sold out, cap reached) is an answer, not a failure; a 503 is retried and counted
 /// (`retried_503`).
 export const EXPECTED = http.expectedStatuses(200, 201, 409, 503);
@@ -58,9 +61,11 @@ export function createUsers(n, points, prefix = 'k6') {
   return users;
 }
 
-/// A key per request of this run (a retry reuses it, a new request takes a new one).
-function newKey(kind) {
-  return `${kind}-${exec.vu.idInTest}-${exec.scenario.iterationInTest}-${Math.random().toString(36).slice(2)}`;
+/// A key per request of this run (a retry reuses it, a new request takes a new one), as
+/// headers; none with KEYS=0.
+function keyed(kind) {
+  if (!KEYS) return {};
+  return { 'Idempotency-Key': `${kind}-${exec.vu.idInTest}-${exec.scenario.iterationInTest}-${Math.random().toString(36).slice(2)}` };
 }
 
 /// `send()` again while it answers 503 (its Retry-After, else 200 ms, up to 30 times):
@@ -68,20 +73,21 @@ function newKey(kind) {
 function retrying503(send) {
   for (let attempt = 0; ; attempt++) {
     const r = send();
-    if (r.status !== 503 || attempt >= 30) return r;
+    // Without a key a POST must not be sent twice: the 503 is the answer.
+    if (r.status !== 503 || attempt >= 30 || !KEYS) return r;
     retried.add(1);
     sleep(Math.min(1, Number(r.headers['Retry-After'] || 0.2)));
   }
 }
 
 export function order(user, productId, quantity, price) {
-  const params = Object.assign(json(user.token, { 'Idempotency-Key': newKey('order') }), { tags: { name: 'POST /v1/orders' } });
+  const params = Object.assign(json(user.token, keyed('order')), { tags: { name: 'POST /v1/orders' } });
   const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity, price });
   return retrying503(() => http.post(`${BASE}/v1/orders`, body, params));
 }
 
 export function pay(user, orderId) {
-  const params = Object.assign(json(user.token, { 'Idempotency-Key': newKey('pay') }), { tags: { name: 'POST /v1/payments' } });
+  const params = Object.assign(json(user.token, keyed('pay')), { tags: { name: 'POST /v1/payments' } });
   return retrying503(() => http.post(`${BASE}/v1/payments`, JSON.stringify({ order_id: orderId }), params));
 }
 
@@ -106,7 +112,7 @@ export function buyGreedy(user, productId, price, n) {
   const body = JSON.stringify({ user_id: user.id, product_id: productId, quantity: 1, price });
   const requests = Array.from({ length: n }, () => [
     'POST', `${BASE}/v1/orders`, body,
-    Object.assign(json(user.token, { 'Idempotency-Key': newKey('order') }), { tags: { name: 'POST /v1/orders' } }),
+    Object.assign(json(user.token, keyed('order')), { tags: { name: 'POST /v1/orders' } }),
   ]);
   const replies = whenOpen(() => {
     // All at once; each that answered 503 again (same key) until it has an answer.
