@@ -185,8 +185,10 @@ impl CatalogCache {
 
     /// A listing page, as the JSON to send and its tag: the one rendered last while no
     /// product on it has changed since, else rendered now.
-    pub async fn page<F>(&self, page: i64, render: F) -> Result<Tagged, AppError>
+    /// `render` makes the render's future only on a miss: a hit allocates nothing.
+    pub async fn page<R, F>(&self, page: i64, render: R) -> Result<Tagged, AppError>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<Bytes, AppError>>,
     {
         let generation = self.generations.of(page);
@@ -197,7 +199,7 @@ impl CatalogCache {
             }
         }
         count("page", "miss");
-        let tagged = Tagged::new(render.await?);
+        let tagged = Tagged::new(render().await?);
         let rendered = Rendered {
             generation,
             tagged: tagged.clone(),
@@ -207,8 +209,9 @@ impl CatalogCache {
     }
 
     /// The best sellers of a window as JSON.
-    pub async fn top<F>(&self, days: i64, load: F) -> Result<Tagged, AppError>
+    pub async fn top<L, F>(&self, days: i64, load: L) -> Result<Tagged, AppError>
     where
+        L: FnOnce() -> F,
         F: Future<Output = Result<Bytes, AppError>>,
     {
         if let Some(hit) = self.top.get(&days).await {
@@ -217,7 +220,7 @@ impl CatalogCache {
         }
         count("top", "miss");
         self.top
-            .try_get_with(days, async { load.await.map(Tagged::new) })
+            .try_get_with(days, async { load().await.map(Tagged::new) })
             .await
             .map_err(unshare)
     }

@@ -83,7 +83,7 @@ pub async fn list(catalog: &Catalog, page: i64) -> Result<Tagged, AppError> {
     catalog.cache.store.loaded().await;
     catalog
         .cache
-        .page(page, Box::pin(render_page(catalog, page)))
+        .page(page, || Box::pin(render_page(catalog, page)))
         .await
 }
 
@@ -198,10 +198,10 @@ pub async fn detail(catalog: &Catalog, id: i64) -> Result<ProductDetail, AppErro
 /// lower product id: from the ranking's sorted sets, or from MySQL when Redis cannot
 /// answer; held for a couple of seconds, as the JSON to send.
 pub async fn top(catalog: &Catalog, days: i64) -> Result<Tagged, AppError> {
-    // Boxed: loaders are moved into the cache's single-flight by value.
+    // Boxed (moved into the cache's single-flight by value), and only on a miss.
     catalog
         .cache
-        .top(days, Box::pin(load_top(catalog, days)))
+        .top(days, || Box::pin(load_top(catalog, days)))
         .await
 }
 

@@ -560,7 +560,8 @@ async fn keyed_refusals_of_the_stock_gate_are_kept_in_shared_batches_and_replaye
     let app = spawn_app().await;
     let product = app.create_product(100, 0).await;
     let buyers = app.bulk_buyers(200, 1_000).await;
-    let order = |user: i64| json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
+    let order =
+        |user: i64| json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
     let batches_before = crate::helpers::counter("checkout_batch_size_count", &[]);
     let first = futures::future::join_all(buyers.iter().map(|(user, token)| {
         app.post_with_key("/v1/orders", Some(token), order(*user), Some("sold-out"))
