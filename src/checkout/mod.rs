@@ -150,7 +150,8 @@ impl Checkout {
             return self.refuse_in_batch(order.product_id, claim, refusal).await;
         }
         let job = Job::Place { order, hold, claim };
-        match self.submit(order.product_id, job).await? {
+        // Boxed: the batch's future is ~15 KB, which refusals need not carry.
+        match Box::pin(self.submit(order.product_id, job)).await? {
             Done::Placed(order) => Ok(Outcome::Done(OrderView::from(&order), ())),
             Done::Replayed(stored) => Ok(Outcome::Replayed(stored.replay())),
             Done::Paid(_) => Err(AppError::Internal(anyhow::anyhow!(
@@ -190,7 +191,7 @@ impl Checkout {
             order_id,
             claim,
         };
-        match self.submit(product_id, job).await? {
+        match Box::pin(self.submit(product_id, job)).await? {
             Done::Paid(payment) => Ok(Outcome::Done(payment, ())),
             Done::Replayed(stored) => Ok(Outcome::Replayed(stored.replay())),
             Done::Placed(_) => Err(AppError::Internal(anyhow::anyhow!(

@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::TryStreamExt;
 use redis::PushKind;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
@@ -53,6 +54,11 @@ use crate::{
 const SYNC_BATCH: usize = 100;
 /// Held reservations one reconcile batch may rewrite (a script of ~10,000 takes Redis ~20 ms).
 const SYNC_HOLDS: i64 = 10_000;
+/// A product's PENDING orders are sent to a sync in chunks of this many once they pass it
+/// (see [`Pending`]).
+const SYNC_CHUNK: usize = 10_000;
+/// How long a staging hash outlives a sync that died before using it.
+const STAGED_FOR: Duration = Duration::from_secs(60);
 /// How often products whose Redis bookkeeping failed are re-synced.
 const REPAIR_EVERY: Duration = Duration::from_millis(200);
 /// The channel of the figures the scripts publish (`lua/live.lua` names it the same).
@@ -203,10 +209,12 @@ impl StockGate {
                 return outcome(Gate::Refused { available: 0 }, "sold_out_local");
             }
         }
+        // The Redis call and the rebuild are boxed: their futures are ~14 KB, and inline
+        // they would make every caller's future (the order handler's included) that big,
+        // copied at each step even when the sold-out memory answers.
         for attempt in 0..2 {
-            let reply = self
-                .redis
-                .script::<Vec<i64>>(
+            let reply = Box::pin(
+                self.redis.script::<Vec<i64>>(
                     self.scripts
                         .reserve
                         .key(self.product_key(product_id))
@@ -214,8 +222,9 @@ impl StockGate {
                         .arg(quantity)
                         .arg(self.hold_window.as_millis() as u64)
                         .arg(user_id),
-                )
-                .await;
+                ),
+            )
+            .await;
             if let Ok(reply) = &reply {
                 self.learn(product_id, reply, 2);
             }
@@ -238,7 +247,7 @@ impl StockGate {
                     return outcome(Gate::LimitReached { limit, held }, "limit_reached");
                 }
                 Ok(ReserveReply::Missing) => {
-                    if attempt == 0 && self.rebuild(product_id).await.is_ok() {
+                    if attempt == 0 && Box::pin(self.rebuild(product_id)).await.is_ok() {
                         continue;
                     }
                     // The rebuild failed, or the key was lost again right after it (Redis
@@ -581,14 +590,26 @@ impl StockGate {
         );
         push_ids(&mut pending, ids);
         pending.push(")");
-        let rows: Vec<(i64, String, i64, i64)> =
-            pending.build_query_as().fetch_all(&mut *tx).await?;
-        let mut by_product: HashMap<i64, Vec<(String, i64, i64)>> = HashMap::new();
-        for (product_id, hold, quantity, user) in rows {
-            by_product
-                .entry(product_id)
-                .or_default()
-                .push((hold, quantity, user));
+        // Streamed: a product's orders past SYNC_CHUNK go to Redis in chunks as they
+        // arrive (staged), so a product of 100,000 PENDING orders costs this process one
+        // chunk of memory, not the whole list three times over (rows, arguments, command).
+        let mut by_product: HashMap<i64, Pending> = HashMap::new();
+        {
+            let mut rows = pending
+                .build_query_as::<(i64, String, i64, i64)>()
+                .fetch(&mut *tx);
+            while let Some((product_id, hold, quantity, user)) = rows.try_next().await? {
+                let entry = by_product.entry(product_id).or_default();
+                entry.rows.push((hold, quantity, user));
+                if entry.rows.len() >= SYNC_CHUNK {
+                    self.stage(product_id, entry).await?;
+                }
+            }
+        }
+        for (product_id, entry) in by_product.iter_mut() {
+            if entry.staged.is_some() && !entry.rows.is_empty() {
+                self.stage(*product_id, entry).await?;
+            }
         }
         // Under a per-customer limit the PAID units count too, per user.
         let limited: Vec<i64> = products
@@ -614,7 +635,10 @@ impl StockGate {
             .map(|(id, avail, sold, limit)| {
                 let mut call = self.scripts.sync.key(self.product_key(*id));
                 let ended = ended.get(id).map(Vec::as_slice).unwrap_or_default();
-                let pending = by_product.get(id).map(Vec::as_slice).unwrap_or_default();
+                let pending = by_product.get(id);
+                if let Some(staged) = pending.and_then(|p| p.staged.as_ref()) {
+                    call.key(staged);
+                }
                 call.arg(avail)
                     .arg(sold)
                     .arg(limit.map(|l| l.to_string()).unwrap_or_default())
@@ -622,9 +646,22 @@ impl StockGate {
                 for hold in ended {
                     call.arg(hold);
                 }
-                call.arg(pending.len());
-                for (hold, quantity, user) in pending {
-                    call.arg(hold).arg(quantity).arg(user);
+                match pending {
+                    // -1: the script reads them from the staged hash (KEYS[2]).
+                    Some(Pending {
+                        staged: Some(_), ..
+                    }) => {
+                        call.arg(-1);
+                    }
+                    Some(Pending { rows, .. }) => {
+                        call.arg(rows.len());
+                        for (hold, quantity, user) in rows {
+                            call.arg(hold).arg(quantity).arg(user);
+                        }
+                    }
+                    None => {
+                        call.arg(0);
+                    }
                 }
                 if limit.is_some() {
                     for (user, units) in paid.get(id).into_iter().flatten() {
@@ -654,6 +691,31 @@ impl StockGate {
             }
         }
         Ok(products.len())
+    }
+
+    /// Writes a product's PENDING orders gathered so far into its staging hash (in the
+    /// product's slot, named once per sync so two instances syncing the same product never
+    /// share one; it expires on its own if the sync dies before its script consumes it).
+    async fn stage(&self, product_id: i64, pending: &mut Pending) -> Result<(), AppError> {
+        let key = pending
+            .staged
+            .get_or_insert_with(|| {
+                format!(
+                    "{}:sync:{}",
+                    self.product_key(product_id),
+                    Hold::new().as_str()
+                )
+            })
+            .clone();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key);
+        for (hold, quantity, user) in pending.rows.drain(..) {
+            hset.arg(hold).arg(format!("{quantity}:{user}"));
+        }
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(STAGED_FOR.as_millis() as u64);
+        let _: Vec<i64> = self.redis.background().cmds(&[hset, expire]).await?;
+        Ok(())
     }
 
     /// Repairs every product hash present in Redis (start-up, every interval, and when
@@ -740,6 +802,15 @@ impl StockGate {
             .map(|((id, _, _, _, pending), _)| (*id, *pending))
             .collect())
     }
+}
+
+/// One product's PENDING orders for a sync: (hold, quantity, user) in the script's
+/// arguments while they are few; past [`SYNC_CHUNK`], in a staging hash the script reads
+/// (`staged`), `rows` then holding only the chunk not yet written.
+#[derive(Default)]
+struct Pending {
+    rows: Vec<(String, i64, i64)>,
+    staged: Option<String>,
 }
 
 fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

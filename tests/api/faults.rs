@@ -381,3 +381,48 @@ async fn the_reconciler_syncs_only_the_products_whose_figures_or_counts_disagree
         app.assert_redis_matches_mysql(*p).await;
     }
 }
+
+/// A product of more PENDING orders than one chunk (10,000) is synced through a staging
+/// hash in chunks: its hash ends with every hold, the per-user counts of its limit and
+/// the right figures, and no staging hash is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_product_of_twenty_five_thousand_pending_orders_is_synced_in_chunks() {
+    let app = spawn_with(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
+    let product = app.create_product(1, 30_000).await;
+    let buyers = app.bulk_buyers(1_000, 1_000).await;
+    let (first, last) = (buyers[0].0, buyers[buyers.len() - 1].0);
+    assert_eq!(last - first, 999, "the buyers' ids are consecutive");
+    for sql in [
+        // 25 orders of one unit for each of 1,000 users, written as a batch would.
+        format!(
+            "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, \
+             created_at, expires_at, updated_at, hold) \
+             SELECT u.id, {product}, 1, 1, 1, 'PENDING', NOW(6), NOW(6) + INTERVAL 1 DAY, NOW(6), \
+             CONCAT('chunked-', u.id, '-', n.i) FROM users u \
+             CROSS JOIN (SELECT a.i + 5 * b.i AS i FROM \
+               (SELECT 0 i UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4) a \
+               CROSS JOIN (SELECT 0 i UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4) b) n \
+             WHERE u.id BETWEEN {first} AND {last}"
+        ),
+        format!("UPDATE products SET reserved = 25000, per_user_limit = 40 WHERE id = {product}"),
+        format!("UPDATE users SET held = 25 WHERE id BETWEEN {first} AND {last}"),
+    ] {
+        sqlx::query(&sql).execute(&app.db).await.unwrap();
+    }
+    let key = format!("{}{{p{product}}}", app.config.redis_prefix);
+    let _: () = app.redis_cmd(redis::cmd("DEL").arg(&key)).await;
+    assert_eq!(app.state.stock.sync(&[product]).await.unwrap(), 1);
+    app.assert_redis_matches_mysql(product).await;
+    assert_eq!(app.redis_stock(product).await.2, 25_000);
+    let user: Option<i64> = app
+        .redis_cmd(redis::cmd("HGET").arg(&key).arg(format!("u:{first}")))
+        .await;
+    assert_eq!(user, Some(25), "the user's units under the limit");
+    let staged: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{key}:sync:*")))
+        .await;
+    assert!(staged.is_empty(), "staging hashes left: {staged:?}");
+    // And again, with the hash already right: nothing changes.
+    assert_eq!(app.state.stock.sync(&[product]).await.unwrap(), 1);
+    app.assert_redis_matches_mysql(product).await;
+}

@@ -3,8 +3,9 @@
 -- KEYS[1]: the product's hash. ARGV[1]: MySQL stock - reserved; ARGV[2]: MySQL sold;
 -- ARGV[3]: the per-customer limit ('' for none); ARGV[4]: n, then n tokens of orders known
 -- to have ended in MySQL (their release to Redis failed); then m, then m triples token,
--- quantity, user of the product's PENDING orders; then user, units pairs of its PAID
--- orders (only under a limit).
+-- quantity, user of the product's PENDING orders — or m = -1 when there are many: they
+-- are then in KEYS[2], a staging hash token -> "quantity:user" that this call consumes;
+-- then user, units pairs of its PAID orders (only under a limit).
 -- Held reservations are replaced by MySQL's. In-flight ones (reserved here, order not
 -- committed) stay while their deadline lasts and keep their units out of avail; past it
 -- their order never made it and they are dropped, like tombstones (x:) past theirs. An
@@ -22,6 +23,15 @@ end
 local at = 5 + n
 local m = tonumber(ARGV[at])
 local pending = {}
+if m < 0 then
+  m = 0
+  local staged = redis.call('HGETALL', KEYS[2])
+  for i = 1, #staged, 2 do
+    local q, user = string.match(staged[i + 1], '^(%d+):(.*)$')
+    pending[staged[i]] = {q, user}
+  end
+  redis.call('DEL', KEYS[2])
+end
 for i = at + 1, at + 3 * m, 3 do
   pending[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2]}
 end
