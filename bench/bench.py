@@ -696,7 +696,7 @@ def report(rows, rss, p99_checks, notes, targets, latency, samples, soaked):
     lines += [f"- {'held' if ok else '**VIOLATED**'}: {what}" for what, ok in invariants]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["Each target that is not met is explained, with the profiles and what was tried, in "
-              "bench/README.md (\"Targets (issue 11) and shortfalls\").", ""]
+              "bench/README.md (\"Targets and shortfalls\").", ""]
     out = BENCH / "results" / "latest.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines))
