@@ -318,6 +318,25 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
     let second = ServiceProcess::start(&app, &env).await;
     let proxy = HaProxy::start(&[&first.base, &second.base]).await;
     let client = reqwest::Client::new();
+    // One order placed on each instance before the sale and paid there while the test
+    // holds the product's row: each instance then certainly has a batch waiting on it,
+    // whatever share of the sale HAProxy gave it (a gate that says "sold out" while the
+    // other instance's queue holds the units sends that instance nothing to batch).
+    let anchors = app.bulk_buyers(2, 1_000).await;
+    let bases = [first.base.clone(), second.base.clone()];
+    let mut anchored = Vec::new();
+    for ((user, token), base) in anchors.iter().zip(&bases) {
+        let placed = client
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("order-{user}"))
+            .json(&json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placed.status(), 201);
+        anchored.push(placed.json::<Value>().await.unwrap()["order_id"].clone());
+    }
     let answered = AtomicUsize::new(0);
     let retried = Retried::default();
     let sale = join_all(buyers.iter().map(|(user, token)| {
@@ -339,11 +358,26 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
         })
         .await;
         let lock = hold_row(&app, "products", product).await;
+        for (((user, token), order), base) in anchors.iter().zip(&anchored).zip(&bases) {
+            let request = client
+                .post(format!("{base}/v1/payments"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", format!("pay-{user}"))
+                .json(&json!({"order_id": order}));
+            // The first instance's answer never comes; the anchors are paid again below.
+            tokio::spawn(request.send());
+        }
         until_running(&app, BATCH_PRODUCT_LOCK, 2).await;
         first.kill();
         lock.rollback().await.unwrap();
     };
     let (outcomes, ()) = tokio::join!(sale, killer);
+    // The anchors, through HAProxy with the same keys: the order replays, the payment runs
+    // (the first instance's died with its batch) or replays (the second's).
+    for (user, token) in &anchors {
+        let anchor = buy_through(&client, &proxy.url, *user, token, product, &retried).await;
+        assert_eq!(anchor, (201, 201));
+    }
     // The dead instance's batch was in flight: HAProxy sent its requests again to the
     // other instance (`retry-on empty-response`; the keys make that safe), or answered
     // 503 and the buyer sent them again. None was ever answered 500 (or 502).
@@ -354,8 +388,9 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
         outcomes.iter().all(|o| o.0 == 409 || o.1 == 201),
         "{outcomes:?}"
     );
-    let won = outcomes.iter().filter(|o| o.0 == 201).count() as i64;
-    assert!(won > 0 && won <= 150);
+    // The anchors' two units count with the winners.
+    let won = outcomes.iter().filter(|o| o.0 == 201).count() as i64 + 2;
+    assert!(won > 2 && won <= 150);
     // No oversell, every winner paid once, every key one order at most.
     let (available, _, reserved, sold) = app.product_row(product).await;
     assert_eq!((available, reserved, sold), (150 - won, 0, won));
