@@ -199,9 +199,16 @@ async fn cleanup_deletes_every_expired_key_and_published_event_and_keeps_the_res
     .execute(&app.db)
     .await
     .unwrap();
+    // One pass leaves no expired key, whatever its size. (The instance's own cleaner may
+    // run a pass meanwhile — its first comes at start-up, late on a loaded machine — and
+    // take some of them: then this pass deletes the rest, and still none is left.)
     let deleted = commerce_api::idempotency::prune(&app.db).await.unwrap();
-    assert_eq!(deleted, 5000, "every expired key in one pass");
-    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 10);
+    assert!(deleted <= 5000, "{deleted} deleted");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM idempotency_keys").await,
+        10,
+        "every expired key in one pass, the fresh ones kept"
+    );
 
     let week = Utc::now().naive_utc() - chrono::Duration::days(8);
     sqlx::query(
@@ -219,7 +226,7 @@ async fn cleanup_deletes_every_expired_key_and_published_event_and_keeps_the_res
     let deleted = commerce_api::events::relay::prune(&app.db, Duration::from_secs(7 * 86_400))
         .await
         .unwrap();
-    assert_eq!(deleted, 5000, "every published event past its retention");
+    assert!(deleted <= 5000, "{deleted} deleted");
     // Ten published lately and ten never published (old as they are) remain.
     assert_eq!(app.count("SELECT COUNT(*) FROM outbox").await, 20);
     assert_eq!(

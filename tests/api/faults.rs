@@ -388,6 +388,17 @@ async fn the_reconciler_syncs_only_the_products_whose_figures_or_counts_disagree
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_product_of_twenty_five_thousand_pending_orders_is_synced_in_chunks() {
     let app = spawn_with(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
+    let key = sync_in_chunks(&app).await;
+    let staged: Vec<String> = app
+        .redis_cmd(redis::cmd("KEYS").arg(format!("{key}:sync:*")))
+        .await;
+    assert!(staged.is_empty(), "staging hashes left: {staged:?}");
+}
+
+/// 25,000 PENDING orders of 1,000 users on a product under a limit, written in MySQL
+/// alone; its Redis key deleted, then synced (twice: the second finds it right). Returns
+/// the product's key.
+pub async fn sync_in_chunks(app: &TestApp) -> String {
     let product = app.create_product(1, 30_000).await;
     let buyers = app.bulk_buyers(1_000, 1_000).await;
     let (first, last) = (buyers[0].0, buyers[buyers.len() - 1].0);
@@ -418,11 +429,8 @@ async fn a_product_of_twenty_five_thousand_pending_orders_is_synced_in_chunks() 
         .redis_cmd(redis::cmd("HGET").arg(&key).arg(format!("u:{first}")))
         .await;
     assert_eq!(user, Some(25), "the user's units under the limit");
-    let staged: Vec<String> = app
-        .redis_cmd(redis::cmd("KEYS").arg(format!("{key}:sync:*")))
-        .await;
-    assert!(staged.is_empty(), "staging hashes left: {staged:?}");
     // And again, with the hash already right: nothing changes.
     assert_eq!(app.state.stock.sync(&[product]).await.unwrap(), 1);
     app.assert_redis_matches_mysql(product).await;
+    key
 }

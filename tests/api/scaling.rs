@@ -45,6 +45,17 @@ async fn on_a_cluster_five_hundred_buyers_for_fifty_units_never_oversell() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_a_product_of_many_pending_orders_is_synced_in_chunks() {
+    let cluster = RedisCluster::start();
+    let app = on_cluster(&cluster, |c| {
+        c.reconcile_interval = Duration::from_secs(3600);
+        c.redis_timeout = Duration::from_secs(2);
+    })
+    .await;
+    crate::faults::sync_in_chunks(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_a_cluster_two_instances_agree_within_a_second_of_a_write() {
     let cluster = RedisCluster::start();
     let a = on_cluster(&cluster, |_| {}).await;
