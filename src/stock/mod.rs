@@ -635,10 +635,6 @@ impl StockGate {
             .map(|(id, avail, sold, limit)| {
                 let mut call = self.scripts.sync.key(self.product_key(*id));
                 let ended = ended.get(id).map(Vec::as_slice).unwrap_or_default();
-                let pending = by_product.get(id);
-                if let Some(staged) = pending.and_then(|p| p.staged.as_ref()) {
-                    call.key(staged);
-                }
                 call.arg(avail)
                     .arg(sold)
                     .arg(limit.map(|l| l.to_string()).unwrap_or_default())
@@ -646,21 +642,20 @@ impl StockGate {
                 for hold in ended {
                     call.arg(hold);
                 }
-                match pending {
+                match by_product.get(id) {
                     // -1: the script reads them from the staged hash (KEYS[2]).
                     Some(Pending {
-                        staged: Some(_), ..
+                        staged: Some(staged),
+                        ..
                     }) => {
-                        call.arg(-1);
+                        call.key(staged).arg(-1);
                     }
-                    Some(Pending { rows, .. }) => {
+                    pending => {
+                        let rows = pending.map(|p| p.rows.as_slice()).unwrap_or_default();
                         call.arg(rows.len());
                         for (hold, quantity, user) in rows {
                             call.arg(hold).arg(quantity).arg(user);
                         }
-                    }
-                    None => {
-                        call.arg(0);
                     }
                 }
                 if limit.is_some() {
