@@ -187,15 +187,8 @@ mod tests {
         while sizes.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let later: Vec<_> = (1..=5)
-            .map(|j| {
-                let b = batcher.clone();
-                tokio::spawn(async move { b.submit(1, j).await.unwrap() })
-            })
-            .collect();
-        while batcher.queues.lock().unwrap()[&1].len() < 5 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let later = submitted(&batcher, 1..=5);
+        until_queued(&batcher, 5).await;
         release.notify_one();
         assert_eq!(first.await.unwrap(), Some(0));
         for (j, handle) in (1..=5).zip(later) {
@@ -294,6 +287,25 @@ mod tests {
         (batcher, release, sizes)
     }
 
+    /// `jobs` submitted for key 1, each from a task of its own.
+    fn submitted(
+        batcher: &Batcher<u32, u32>,
+        jobs: std::ops::RangeInclusive<u32>,
+    ) -> Vec<tokio::task::JoinHandle<Option<u32>>> {
+        jobs.map(|j| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(1, j).await.unwrap() })
+        })
+        .collect()
+    }
+
+    /// Until `n` jobs wait in key 1's queue.
+    async fn until_queued(batcher: &Batcher<u32, u32>, n: usize) {
+        while batcher.queued(1) < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     async fn in_flight(batcher: &Batcher<u32, u32>) -> tokio::task::JoinHandle<Option<u32>> {
         let b = batcher.clone();
         let first = tokio::spawn(async move { b.submit(1, 0).await.unwrap() });
@@ -307,15 +319,8 @@ mod tests {
     async fn a_full_queue_hands_the_job_back_at_once() {
         let (batcher, release, _) = held(8, 2);
         let first = in_flight(&batcher).await;
-        let waiting: Vec<_> = (1..=2)
-            .map(|j| {
-                let b = batcher.clone();
-                tokio::spawn(async move { b.submit(1, j).await.unwrap() })
-            })
-            .collect();
-        while batcher.queued(1) < 2 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let waiting = submitted(&batcher, 1..=2);
+        until_queued(&batcher, 2).await;
         match batcher.submit(1, 3).await {
             Err(Full(job)) => assert_eq!(job, 3),
             other => panic!("{other:?}"),
@@ -343,15 +348,8 @@ mod tests {
                 );
             assert!(gone.await.is_err());
         }
-        let waiting: Vec<_> = (4..=5)
-            .map(|j| {
-                let b = batcher.clone();
-                tokio::spawn(async move { b.submit(1, j).await.unwrap() })
-            })
-            .collect();
-        while batcher.queued(1) < 5 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let waiting = submitted(&batcher, 4..=5);
+        until_queued(&batcher, 5).await;
         release.notify_one();
         first.await.unwrap();
         for (j, w) in (4..=5).zip(waiting) {

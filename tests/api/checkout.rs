@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sqlx::{MySql, Transaction};
 
 use crate::helpers::{
-    counter, eventually, hold_row, spawn_sharing, spawn_with, statements_running, until, Reply,
+    at_least, counter, hold_row, spawn_sharing, spawn_with, statements_running, until, Reply,
     ServiceProcess, TestApp, BATCH_PRODUCT_LOCK,
 };
 
@@ -440,11 +440,8 @@ async fn a_process_killed_with_batches_in_flight_leaves_whole_batches_and_retrie
             })
         })
         .collect();
-    eventually(Duration::from_secs(30), "60 buyers done", || async {
-        match done.load(std::sync::atomic::Ordering::SeqCst) {
-            n if n >= 60 => Ok(()),
-            n => Err(format!("{n} done")),
-        }
+    at_least(Duration::from_secs(30), "60 buyers done", 60, || {
+        done.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
     // Work certainly in flight: the test holds the product's row, so the next batch holds

@@ -620,6 +620,27 @@ where
     }
 }
 
+/// [`eventually`] for a count that only grows: waits until `count()` reaches `n`; the
+/// failure says `what` and the last count.
+pub async fn at_least<T, F>(within: Duration, what: &str, n: T, mut count: F)
+where
+    T: PartialOrd + std::fmt::Display,
+    F: FnMut() -> T,
+{
+    eventually(within, what, || {
+        let now = count();
+        let reached = now >= n;
+        async move {
+            if reached {
+                Ok(())
+            } else {
+                Err(format!("{now} so far"))
+            }
+        }
+    })
+    .await
+}
+
 /// [`eventually`] for a yes-or-no condition; `failure` says what went wrong if it never
 /// holds.
 pub async fn until<F, Fut>(within: Duration, failure: &str, mut check: F)

@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 use crate::{
     haproxy::HaProxy,
     helpers::{
-        eventually, hold_row, spawn_with, until_running, Reply, TestApp, BATCH_PRODUCT_LOCK,
+        at_least, eventually, hold_row, spawn_with, until_running, Reply, TestApp,
+        BATCH_PRODUCT_LOCK,
     },
     mysql_replica::{MariaPair, Mariadb},
 };
@@ -112,15 +113,11 @@ async fn mysql_killed_and_restarted_mid_sale_loses_nothing_it_acknowledged() {
         })
         .collect();
     until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
-    eventually(
+    at_least(
         Duration::from_secs(10),
         "batches queued behind the lock",
-        || async {
-            match app.state.checkout.queued(product) {
-                n if n >= 20 => Ok(()),
-                n => Err(format!("{n} queued")),
-            }
-        },
+        20,
+        || app.state.checkout.queued(product),
     )
     .await;
     mysql.kill();
@@ -298,15 +295,11 @@ async fn the_primary_lost_to_its_standby_mid_sale_loses_no_acknowledged_payment(
         })
         .collect();
     until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
-    eventually(
+    at_least(
         Duration::from_secs(10),
         "batches queued behind the lock",
-        || async {
-            match app.state.checkout.queued(product) {
-                n if n >= 20 => Ok(()),
-                n => Err(format!("{n} queued")),
-            }
-        },
+        20,
+        || app.state.checkout.queued(product),
     )
     .await;
 

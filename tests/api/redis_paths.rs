@@ -18,7 +18,7 @@ use commerce_api::config::RedisTarget;
 
 use crate::{
     helpers::{
-        cancels_racing_the_sweeper, counter, eventually, hold_row, redis_url, spawn_app,
+        at_least, cancels_racing_the_sweeper, counter, eventually, hold_row, redis_url, spawn_app,
         spawn_sharing, spawn_with, until, until_running, ServiceProcess, TestApp,
         BATCH_PRODUCT_LOCK,
     },
@@ -395,11 +395,8 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
             })
         })
         .collect();
-    eventually(Duration::from_secs(30), "100 orders answered", || async {
-        match done.load(Ordering::SeqCst) {
-            n if n >= 100 => Ok(()),
-            n => Err(format!("{n} answered")),
-        }
+    at_least(Duration::from_secs(30), "100 orders answered", 100, || {
+        done.load(Ordering::SeqCst)
     })
     .await;
     // Reservations certainly in flight: with the product's row held by the test, the next

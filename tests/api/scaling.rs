@@ -15,8 +15,8 @@ use reqwest::Method;
 use crate::{
     haproxy::HaProxy,
     helpers::{
-        eventually, hold_row, spawn_sharing, spawn_with, until_running, ServiceProcess, TestApp,
-        BATCH_PRODUCT_LOCK,
+        at_least, eventually, hold_row, spawn_sharing, spawn_with, until_running, ServiceProcess,
+        TestApp, BATCH_PRODUCT_LOCK,
     },
     mysql_replica::MariaPair,
     redis_cluster::RedisCluster,
@@ -98,11 +98,8 @@ async fn a_master_killed_mid_sale_fails_over_without_oversell_or_a_restart() {
     // waits in MySQL with its units reserved on the master, which dies then. The batch
     // commits after the kill and its Redis bookkeeping meets the failover.
     let killer = async {
-        eventually(Duration::from_secs(30), "100 buyers answered", || async {
-            match answered.load(Ordering::SeqCst) {
-                n if n >= 100 => Ok(()),
-                n => Err(format!("{n}")),
-            }
+        at_least(Duration::from_secs(30), "100 buyers answered", 100, || {
+            answered.load(Ordering::SeqCst)
         })
         .await;
         let lock = hold_row(&app, "products", product).await;
@@ -361,11 +358,8 @@ async fn an_instance_killed_behind_haproxy_mid_sale_leaves_every_buyer_a_final_a
     // Once 60 buyers have their answer, the test holds the product's row until a batch of
     // each instance waits on it: the first instance dies with its batch in flight.
     let killer = async {
-        eventually(Duration::from_secs(30), "60 buyers answered", || async {
-            match answered.load(Ordering::SeqCst) {
-                n if n >= 60 => Ok(()),
-                n => Err(format!("{n}")),
-            }
+        at_least(Duration::from_secs(30), "60 buyers answered", 60, || {
+            answered.load(Ordering::SeqCst)
         })
         .await;
         let lock = hold_row(&app, "products", product).await;
