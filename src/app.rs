@@ -30,7 +30,7 @@ use crate::{
         service::{Catalog, CatalogParts},
         store::CatalogStore,
     },
-    checkout::Checkout,
+    checkout::{self, Checkout},
     config::Config,
     db::{self, Reader},
     http::{
@@ -137,9 +137,12 @@ impl AppState {
             stock.clone(),
             ranking.clone(),
             catalog.clone(),
-            config.order_ttl,
-            config.batch_max,
-            config.checkout_queue_max,
+            checkout::Limits {
+                order_ttl: config.order_ttl,
+                batch_max: config.batch_max,
+                queue_max: config.checkout_queue_max,
+                max_lines: config.max_order_lines,
+            },
         )?;
         let orders = Orders {
             db: db.clone(),

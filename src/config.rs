@@ -92,6 +92,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most requests of one product waiting for its next checkout batch; past it, 503.
     pub checkout_queue_max: usize,
+    /// `MAX_ORDER_LINES`: the most lines one order may have (SPEC L1).
+    pub max_order_lines: usize,
     /// Bearer token of the admin routes; `None` turns them off (404).
     pub admin_token: Option<String>,
     pub auth: AuthConfig,
@@ -314,6 +316,7 @@ impl Config {
             header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000, 100, 600_000)?,
             max_connections: count("MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
             checkout_queue_max: count("CHECKOUT_QUEUE_MAX", 2_000, 1, 1_000_000)? as usize,
+            max_order_lines: count("MAX_ORDER_LINES", 20, 1, 100)? as usize,
             admin_token,
             auth: AuthConfig {
                 jwt_secret,

@@ -182,6 +182,14 @@ pub enum AppError {
     Busy(String),
     #[error("the request did not finish within {0} ms")]
     Timeout(u128),
+    /// An order of several lines refused (SPEC L2): `first` is the refusal the answer
+    /// names (the first failing rule in SPEC's precedence), `lines` every failing line's
+    /// product and refusal, in product order.
+    #[error("{first}")]
+    Lines {
+        first: Box<AppError>,
+        lines: Vec<(i64, AppError)>,
+    },
     #[error("database error")]
     Database(sqlx::Error),
     #[error("internal error")]
@@ -241,6 +249,10 @@ impl AppError {
             IdempotencyInProgress => IdempotencyInProgress,
             DependencyUnavailable(m) => DependencyUnavailable(m.clone()),
             Busy(m) => Busy(m.clone()),
+            Lines { first, lines } => Lines {
+                first: Box::new(first.duplicate()),
+                lines: lines.iter().map(|(p, e)| (*p, e.duplicate())).collect(),
+            },
             Database(e) if db::is_unavailable(e) => DependencyUnavailable("mysql".into()),
             other => Internal(anyhow::anyhow!("{other}")),
         }
@@ -256,7 +268,10 @@ impl AppError {
     /// (`SALE_NOT_STARTED`, with Retry-After) is not kept, like a 5xx: the same request
     /// sent again then runs.
     pub fn is_kept(&self) -> bool {
-        self.is_client_error() && !matches!(self, AppError::SaleNotStarted { .. })
+        match self {
+            AppError::Lines { first, .. } => first.is_kept(),
+            other => other.is_client_error() && !matches!(other, AppError::SaleNotStarted { .. }),
+        }
     }
 
     pub fn code(&self) -> &'static CodeDoc {
@@ -286,6 +301,7 @@ impl AppError {
             PayloadTooLarge(_) => &code::PAYLOAD_TOO_LARGE,
             IdempotencyKeyReused => &code::IDEMPOTENCY_KEY_REUSED,
             RateLimited { .. } => &code::RATE_LIMITED,
+            Lines { first, .. } => first.code(),
             DependencyUnavailable(_) | Busy(_) | Timeout(_) => &code::DEPENDENCY_UNAVAILABLE,
             Database(e) if db::is_unavailable(e) => &code::DEPENDENCY_UNAVAILABLE,
             Database(_) | Internal(_) => &code::INTERNAL,
@@ -295,6 +311,7 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Lines { first, .. } => first.status(),
             other => StatusCode::from_u16(other.code().status)
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -304,6 +321,16 @@ impl AppError {
     /// response that carries it). Internal details stay in the log.
     pub fn problem(&self) -> Problem {
         use AppError::*;
+        if let Lines { first, lines } = self {
+            let mut problem = first.problem();
+            problem.lines = Some(
+                lines
+                    .iter()
+                    .map(|(product_id, e)| LineProblem::of(*product_id, e))
+                    .collect(),
+            );
+            return problem;
+        }
         let code = self.code();
         let detail = match self {
             Database(e) if db::is_unavailable(e) => "the database is unavailable".to_string(),
@@ -328,6 +355,7 @@ impl AppError {
             held: None,
             starts_at: None,
             ends_at: None,
+            lines: None,
             retry_header: None,
         };
         match *self {
@@ -428,9 +456,53 @@ pub struct Problem {
     /// SALE_ENDED: when the sale ended (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<String>,
+    /// An order of several lines: every failing line, with its rule's members (SPEC L2);
+    /// empty when only the order's total failed (INSUFFICIENT_POINTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<LineProblem>>,
     /// The `Retry-After` header's seconds, when a retry can help (not a member).
     #[serde(skip)]
     pub retry_header: Option<u64>,
+}
+
+/// One failing line of an order of several products: its product, the first rule it
+/// breaks (`code`) and that rule's members.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
+pub struct LineProblem {
+    pub product_id: i64,
+    #[schema(example = "OUT_OF_STOCK")]
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_price: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+}
+
+impl LineProblem {
+    fn of(product_id: i64, e: &AppError) -> Self {
+        let p = e.problem();
+        Self {
+            product_id,
+            code: p.code,
+            available: p.available,
+            requested: p.requested,
+            limit: p.limit,
+            held: p.held,
+            current_price: p.current_price,
+            starts_at: p.starts_at,
+            ends_at: p.ends_at,
+        }
+    }
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";

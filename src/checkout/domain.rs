@@ -18,7 +18,7 @@ use crate::{
     auth::Caller,
     catalog::domain::{check_limit, SaleWindow},
     error::AppError,
-    orders::domain::{check_price, total, Order, Quantity},
+    orders::domain::{check_price, total, LineAsk, Order, Quantity},
     points::domain::Points,
 };
 
@@ -187,6 +187,167 @@ fn pay(
     })
 }
 
+/// The rows an order of several products locks: its user's points, and per product (by
+/// id) the row and the units the user holds of it (read only under a `per_user_limit`).
+#[derive(Clone, Debug, Default)]
+pub struct LockedLines {
+    /// `None`: no such user.
+    pub points: Option<Points>,
+    pub products: HashMap<i64, ProductRow>,
+    pub holdings: HashMap<i64, i64>,
+}
+
+/// The rank of a line's refusal in SPEC's precedence: sale window, stock, per-user limit,
+/// price, points.
+fn precedence(e: &AppError) -> u8 {
+    match e {
+        AppError::SaleNotStarted { .. } | AppError::SaleEnded { .. } => 0,
+        AppError::OutOfStock { .. } => 1,
+        AppError::PurchaseLimitReached { .. } => 2,
+        AppError::PriceMismatch { .. } => 3,
+        _ => 4,
+    }
+}
+
+/// The refusal of an order of several lines (SPEC L2): the failing lines (product, the
+/// first rule each breaks), the answer named by the first rule in SPEC's order among them
+/// (ties: the lowest product id). `None` when no line failed.
+pub fn refuse_lines(failing: Vec<(i64, AppError)>) -> Option<AppError> {
+    let first = failing
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, (product_id, e))| (precedence(e), *product_id, *i))
+        .map(|(_, (_, e))| e.duplicate())?;
+    Some(AppError::Lines {
+        first: Box::new(first),
+        lines: failing,
+    })
+}
+
+/// An order of several lines, all or nothing (SPEC L2, L3): every line is judged by the
+/// window, stock, per-user limit and price rules exactly as a one-line order is; if any
+/// fails, nothing changes and the refusal lists every failing line. Then the points: the
+/// order's total must be available (F1). On success `locked` holds the reserved units and
+/// the user's hold, and the rows to write come back in product order.
+pub fn place_lines(
+    locked: &mut LockedLines,
+    user_id: i64,
+    lines: &[LineAsk],
+    now: NaiveDateTime,
+) -> Result<Vec<Placed>, AppError> {
+    let points = locked.points.ok_or(AppError::UserNotFound)?;
+    let mut failing = Vec::new();
+    let mut placed = Vec::with_capacity(lines.len());
+    for line in lines {
+        let product = locked
+            .products
+            .get(&line.product_id)
+            .ok_or(AppError::ProductNotFound)?;
+        let held = locked.holdings.get(&line.product_id).copied().unwrap_or(0);
+        match judge_line(product, held, line, now) {
+            Ok(p) => placed.push(Placed { user_id, ..p }),
+            Err(e) => failing.push((line.product_id, e)),
+        }
+    }
+    if let Some(refusal) = refuse_lines(failing) {
+        return Err(refusal);
+    }
+    let total_amount = placed
+        .iter()
+        .try_fold(0i64, |sum, p| sum.checked_add(p.total_amount))
+        .ok_or_else(|| AppError::Validation("order total is out of range".into()))?;
+    let after = points.hold(total_amount).map_err(|e| AppError::Lines {
+        first: Box::new(e),
+        lines: Vec::new(),
+    })?;
+    for (line, p) in lines.iter().zip(&placed) {
+        if let Some(product) = locked.products.get_mut(&line.product_id) {
+            product.reserved += p.quantity;
+        }
+        *locked.holdings.entry(line.product_id).or_default() += p.quantity;
+    }
+    locked.points = Some(after);
+    Ok(placed)
+}
+
+/// One line against its product: the first rule it breaks, or its row.
+fn judge_line(
+    product: &ProductRow,
+    held: i64,
+    line: &LineAsk,
+    now: NaiveDateTime,
+) -> Result<Placed, AppError> {
+    product.window.check(now)?;
+    let q = line.quantity.get();
+    if q > product.available() {
+        return Err(AppError::OutOfStock {
+            available: product.available().max(0),
+            requested: q,
+        });
+    }
+    check_limit(product.per_user_limit, held, q)?;
+    check_price(line.price, product.price)?;
+    Ok(Placed {
+        user_id: 0,
+        quantity: q,
+        unit_price: product.price,
+        total_amount: total(product.price, line.quantity)?,
+    })
+}
+
+/// The payment of an order of several lines (its own row first, then its further lines),
+/// all or nothing: the order must be PENDING and unexpired by `now`, the user's balance
+/// must cover the total, every line's product must still have its reserved units. On
+/// success `locked` holds the new figures, every row is PAID, and the payment comes back.
+pub fn pay_lines(
+    locked: &mut LockedLines,
+    caller: Caller,
+    rows: &mut [Order],
+    now: NaiveDateTime,
+) -> Result<Paid, AppError> {
+    let order = rows
+        .first()
+        .filter(|o| caller.owns(o.user_id))
+        .ok_or(AppError::OrderNotFound)?;
+    let next = order.status.pay(order.expires_at <= now)?;
+    let (order_id, user_id) = (order.id, order.user_id);
+    let amount = rows
+        .iter()
+        .try_fold(0i64, |sum, o| sum.checked_add(o.total_amount))
+        .ok_or_else(|| anyhow::anyhow!("an order total out of range"))?;
+    let points = locked.points.ok_or(AppError::UserNotFound)?;
+    let after = points.pay(amount)?;
+    for row in rows.iter() {
+        let product = locked
+            .products
+            .get(&row.product_id)
+            .ok_or(AppError::ProductNotFound)?;
+        if product.stock < row.quantity || product.reserved < row.quantity {
+            return Err(AppError::OutOfStock {
+                available: product.available().max(0),
+                requested: row.quantity,
+            });
+        }
+    }
+    for row in rows.iter_mut() {
+        if let Some(product) = locked.products.get_mut(&row.product_id) {
+            product.stock -= row.quantity;
+            product.reserved -= row.quantity;
+            product.sold += row.quantity;
+        }
+        row.status = next;
+        row.paid_at = Some(now);
+    }
+    locked.points = Some(after);
+    Ok(Paid {
+        order_id,
+        user_id,
+        quantity: rows.iter().map(|o| o.quantity).sum(),
+        amount,
+        balance_after: after.balance,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +372,8 @@ mod tests {
             expires_at: now() + chrono::Duration::minutes(10),
             paid_at: None,
             hold: format!("h{id}"),
+            parent_id: None,
+            line_count: 1,
         }
     }
 
@@ -638,6 +801,8 @@ mod properties {
                             expires_at: if status == 1 { now() } else { later },
                             paid_at: None,
                             hold: format!("h{id}"),
+                            parent_id: None,
+                            line_count: 1,
                         };
                         (id, order)
                     })

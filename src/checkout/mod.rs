@@ -16,6 +16,8 @@
 mod batch;
 pub mod domain;
 mod job;
+mod lines;
+mod lines_store;
 mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -56,9 +58,10 @@ pub struct Checkout {
 
 /// What a batch runs with.
 struct Engine {
-    /// Orders placed here, by id: their product (which never changes) and owner, so that
-    /// paying one routes to its product's batch without reading MySQL first.
-    placed: moka::future::Cache<i64, (i64, i64)>,
+    /// Orders placed here, by id: their product (which never changes; `None` for an order
+    /// of several lines, paid on its own path) and owner, so that paying one routes to its
+    /// product's batch without reading MySQL first.
+    placed: moka::future::Cache<i64, (Option<i64>, i64)>,
     /// Batches this instance had to run again (a deadlock or lock timeout).
     retries: std::sync::atomic::AtomicU64,
     db: MySqlPool,
@@ -68,6 +71,21 @@ struct Engine {
     /// before any I/O.
     catalog: Catalog,
     order_ttl: chrono::Duration,
+    /// `MAX_ORDER_LINES`.
+    max_lines: usize,
+}
+
+/// The checkout's bounds, from configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `ORDER_TTL_SECS`: how long a PENDING order holds its units.
+    pub order_ttl: Duration,
+    /// Most requests in one batch.
+    pub batch_max: usize,
+    /// `CHECKOUT_QUEUE_MAX`: most requests waiting per product.
+    pub queue_max: usize,
+    /// `MAX_ORDER_LINES`.
+    pub max_lines: usize,
 }
 
 impl Checkout {
@@ -76,24 +94,23 @@ impl Checkout {
         stock: StockGate,
         ranking: Ranking,
         catalog: Catalog,
-        order_ttl: Duration,
-        batch_max: usize,
-        queue_max: usize,
+        limits: Limits,
     ) -> anyhow::Result<Self> {
         let engine = Arc::new(Engine {
             placed: moka::future::Cache::builder()
                 .max_capacity(PLACED_REMEMBERED)
-                .time_to_live(order_ttl)
+                .time_to_live(limits.order_ttl)
                 .build(),
             retries: Default::default(),
             db,
             stock,
             ranking,
             catalog,
-            order_ttl: chrono::Duration::from_std(order_ttl)?,
+            order_ttl: chrono::Duration::from_std(limits.order_ttl)?,
+            max_lines: limits.max_lines,
         });
         let runner = engine.clone();
-        let batcher = Batcher::new(batch_max, queue_max, move |product, jobs| {
+        let batcher = Batcher::new(limits.batch_max, limits.queue_max, move |product, jobs| {
             let engine = runner.clone();
             async move { engine.run(product, jobs).await }
         });
@@ -171,20 +188,22 @@ impl Checkout {
     ) -> Result<Outcome<PaymentView, ()>, AppError> {
         let claim = key.claim(caller.scope("pay"), body, axum::http::StatusCode::CREATED)?;
         // Which product's batch: the order's product never changes, so what this instance
-        // placed, or a plain read, routes.
+        // placed, or a plain read, routes. An order of several lines has a path of its own.
         let owner = match self.engine.placed.get(&order_id).await {
             Some(owner) => Some(owner),
-            None => {
-                sqlx::query_as::<_, (i64, i64)>(
-                    "SELECT product_id, user_id FROM orders WHERE id = ?",
-                )
-                .bind(order_id)
-                .fetch_optional(&self.engine.db)
-                .await?
-            }
+            None => sqlx::query_as::<_, (i64, i64, i32)>(
+                "SELECT product_id, user_id, line_count FROM orders WHERE id = ? AND parent_id IS NULL",
+            )
+            .bind(order_id)
+            .fetch_optional(&self.engine.db)
+            .await?
+            .map(|(product, user, lines)| ((lines <= 1).then_some(product), user)),
         };
-        let Some((product_id, _)) = owner.filter(|(_, user)| caller.owns(*user)) else {
+        let Some((product, _)) = owner.filter(|(_, user)| caller.owns(*user)) else {
             return self.refuse(claim.as_ref(), AppError::OrderNotFound).await;
+        };
+        let Some(product_id) = product else {
+            return self.pay_lines(caller, order_id, claim.as_ref()).await;
         };
         let job = Job::Pay {
             caller,
@@ -198,6 +217,11 @@ impl Checkout {
                 "a payment was answered as a placement"
             ))),
         }
+    }
+
+    /// The most lines an order may have (`MAX_ORDER_LINES`).
+    pub fn max_lines(&self) -> usize {
+        self.engine.max_lines
     }
 
     /// How many batches ran again after a deadlock or lock timeout, since start.
@@ -350,7 +374,7 @@ impl Engine {
         for (p, answer) in pending.iter().zip(&committed.answers) {
             if let (Job::Place { .. }, Ok(Done::Placed(order))) = (&p.job, answer) {
                 self.placed
-                    .insert(order.id, (order.product_id, order.user_id))
+                    .insert(order.id, (Some(order.product_id), order.user_id))
                     .await;
             }
         }

@@ -21,7 +21,7 @@ use crate::{
     catalog::domain::SaleWindow,
     db::{self, Retry},
     error::AppError,
-    events::{self, Event, OrderEvent},
+    events::{self, Event, EventLine, OrderEvent},
     idempotency::{self, Claimed, Stored},
     orders::domain::{Order, OrderStatus, OrderView, ORDER_COLUMNS},
     payments::domain::{PaymentStatus, PaymentView},
@@ -177,10 +177,9 @@ async fn once(
         q.build_query_as().fetch_all(&mut *tx).await?
     };
     // 4. The product, and the database's clock (the sale window is judged by it).
-    let product: Option<LockedProduct> = sqlx::query_as(
-        "SELECT price, stock, reserved, sold, per_user_limit, sale_starts_at, sale_ends_at, \
-         UTC_TIMESTAMP(6) AS clock FROM products WHERE id = ? FOR UPDATE",
-    )
+    let product: Option<LockedProduct> = sqlx::query_as(&format!(
+        "SELECT {LOCKED_PRODUCT} FROM products WHERE id = ? FOR UPDATE"
+    ))
     .bind(product_id)
     .fetch_optional(&mut *tx)
     .await?;
@@ -220,25 +219,17 @@ async fn once(
 
     // Every request decided on its own, in arrival order.
     let mut locked = Locked {
-        product: product.map(|p| ProductRow {
-            price: p.price,
-            stock: p.stock,
-            reserved: p.reserved,
-            sold: p.sold,
-            per_user_limit: p.per_user_limit,
-            window: SaleWindow {
-                starts_at: p.sale_starts_at,
-                ends_at: p.sale_ends_at,
-            },
-        }),
+        product: product.as_ref().map(LockedProduct::row),
         users: users
             .into_iter()
             .map(|(id, balance, held)| (id, Points { balance, held }))
             .collect(),
         holdings,
+        // Only this product's orders of one line: an order of several lines is paid on its
+        // own path (reading as missing here, should one be routed to a batch).
         orders: orders
             .into_iter()
-            .filter(|o| o.product_id == product_id)
+            .filter(|o| o.product_id == product_id && o.parent_id.is_none() && !o.has_lines())
             .map(|o| (o.id, o))
             .collect(),
     };
@@ -316,6 +307,8 @@ async fn once(
                     expires_at: now + order_ttl,
                     paid_at: None,
                     hold: hold.as_str().to_string(),
+                    parent_id: None,
+                    line_count: 1,
                 }))
             }
             (None, Decision::Pay(Ok(p))) => {
@@ -387,9 +380,11 @@ fn gave_up() -> Answer {
     Err(AppError::Timeout(0))
 }
 
-/// The product row as the batch locks it, with the database's clock.
+/// A product row as a checkout locks it, with the database's clock (the sale window is
+/// judged by it).
 #[derive(sqlx::FromRow)]
-struct LockedProduct {
+pub(super) struct LockedProduct {
+    pub id: i64,
     price: i64,
     stock: i64,
     reserved: i64,
@@ -397,7 +392,27 @@ struct LockedProduct {
     per_user_limit: Option<i64>,
     sale_starts_at: Option<NaiveDateTime>,
     sale_ends_at: Option<NaiveDateTime>,
-    clock: NaiveDateTime,
+    pub clock: NaiveDateTime,
+}
+
+/// The columns of [`LockedProduct`] in `products`.
+pub(super) const LOCKED_PRODUCT: &str = "price, stock, reserved, sold, per_user_limit, \
+     sale_starts_at, sale_ends_at, UTC_TIMESTAMP(6) AS clock, id";
+
+impl LockedProduct {
+    pub fn row(&self) -> ProductRow {
+        ProductRow {
+            price: self.price,
+            stock: self.stock,
+            reserved: self.reserved,
+            sold: self.sold,
+            per_user_limit: self.per_user_limit,
+            window: SaleWindow {
+                starts_at: self.sale_starts_at,
+                ends_at: self.sale_ends_at,
+            },
+        }
+    }
 }
 
 /// Units each of `users` holds of the product in PENDING and PAID orders (SPEC F2).
@@ -535,6 +550,12 @@ async fn write_payments(
                 product_id,
                 quantity: p.quantity,
                 amount: p.amount,
+                lines: vec![EventLine {
+                    product_id,
+                    quantity: p.quantity,
+                    // A one-line order's amount is its quantity × unit price.
+                    unit_price: p.amount / p.quantity.max(1),
+                }],
                 paid_at: now,
                 refunded_at: None,
             })
@@ -589,7 +610,7 @@ async fn write_orders(
         .collect())
 }
 
-fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
+pub(super) fn push_ids(query: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);

@@ -14,15 +14,28 @@ use crate::{db, error::AppError};
 pub const ORDER_PAID: &str = "order.paid";
 pub const ORDER_REFUNDED: &str = "order.refunded";
 
+/// One line of an order in an event: what moved for one product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLine {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
 /// The data of `order.paid` and `order.refunded`: the order, its payment and what moved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub order_id: i64,
     pub payment_id: i64,
     pub user_id: i64,
+    /// The first line's product (the only one of a one-line order); `lines` has them all.
     pub product_id: i64,
+    /// Units over every line.
     pub quantity: i64,
     pub amount: i64,
+    /// Every line of the order, in product order (SPEC L4).
+    #[serde(default)]
+    pub lines: Vec<EventLine>,
     /// When the order was paid (both events carry it: a refund names the payment's day).
     #[serde(serialize_with = "crate::http::utc")]
     #[serde(deserialize_with = "rfc3339")]
@@ -43,6 +56,37 @@ pub struct Event {
     pub event_type: &'static str,
     pub occurred_at: NaiveDateTime,
     pub data: OrderEvent,
+}
+
+impl OrderEvent {
+    /// The event of an order whose rows are `rows` (its own first): lines and totals.
+    pub fn of_rows(
+        rows: &[crate::orders::domain::Order],
+        payment_id: i64,
+        paid_at: NaiveDateTime,
+    ) -> Self {
+        let mut lines: Vec<EventLine> = rows
+            .iter()
+            .map(|o| EventLine {
+                product_id: o.product_id,
+                quantity: o.quantity,
+                unit_price: o.unit_price,
+            })
+            .collect();
+        lines.sort_unstable_by_key(|l| l.product_id);
+        let first = rows.first();
+        Self {
+            order_id: first.map_or(0, |o| o.id),
+            payment_id,
+            user_id: first.map_or(0, |o| o.user_id),
+            product_id: lines.first().map_or(0, |l| l.product_id),
+            quantity: rows.iter().map(|o| o.quantity).sum(),
+            amount: rows.iter().map(|o| o.total_amount).sum(),
+            lines,
+            paid_at,
+            refunded_at: None,
+        }
+    }
 }
 
 impl Event {
@@ -152,6 +196,11 @@ mod tests {
             product_id: 3,
             quantity: 2,
             amount: 2400,
+            lines: vec![EventLine {
+                product_id: 3,
+                quantity: 2,
+                unit_price: 1200,
+            }],
             paid_at: at,
             refunded_at: None,
         };

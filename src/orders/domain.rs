@@ -1,5 +1,6 @@
 //! Order rules and shapes, free of I/O: quantity range, the price check, totals, status
-//! transitions (refunds included), the stored order and the view of it a client gets.
+//! transitions (refunds included), the lines of an order, the stored rows and the view of
+//! an order a client gets.
 
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,8 @@ use crate::error::AppError;
 
 pub const MIN_QUANTITY: i64 = 1;
 pub const MAX_QUANTITY: i64 = 1000;
+/// `MAX_ORDER_LINES` when unset (SPEC L1).
+pub const DEFAULT_MAX_LINES: usize = 20;
 
 /// Units in one order: `MIN_QUANTITY..=MAX_QUANTITY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +45,54 @@ pub fn total(unit_price: i64, quantity: Quantity) -> Result<i64, AppError> {
     unit_price
         .checked_mul(quantity.get())
         .ok_or_else(|| AppError::Validation("order total is out of range".into()))
+}
+
+/// One line of a new order as the buyer asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineAsk {
+    pub product_id: i64,
+    pub quantity: Quantity,
+    /// The unit price the buyer saw.
+    pub price: i64,
+}
+
+/// The lines of a new order (SPEC L1): 1 to the most allowed, each product at most once,
+/// kept in ascending product id — the order in which their rows are locked and their
+/// units reserved, so that two orders of the same products never wait on each other in a
+/// circle, whatever order their buyers listed them in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lines(Vec<LineAsk>);
+
+impl Lines {
+    /// `asked` in the buyer's order; a product named twice is refused naming both lines
+    /// (`items[i]`, 0-based).
+    pub fn parse(asked: Vec<LineAsk>, max: usize) -> Result<Self, AppError> {
+        if asked.is_empty() || asked.len() > max {
+            return Err(AppError::Validation(format!(
+                "items must have between 1 and {max} lines"
+            )));
+        }
+        let mut seen: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        for (i, line) in asked.iter().enumerate() {
+            if let Some(first) = seen.insert(line.product_id, i) {
+                return Err(AppError::Validation(format!(
+                    "items[{first}] and items[{i}] are both product {}: order each product once, with the quantity you want",
+                    line.product_id
+                )));
+            }
+        }
+        let mut lines = asked;
+        lines.sort_unstable_by_key(|l| l.product_id);
+        Ok(Self(lines))
+    }
+
+    pub fn get(&self) -> &[LineAsk] {
+        &self.0
+    }
+
+    pub fn product_ids(&self) -> Vec<i64> {
+        self.0.iter().map(|l| l.product_id).collect()
+    }
 }
 
 /// Where an order is in its life: `PENDING` → `PAID` | `CANCELLED` | `EXPIRED`;
@@ -123,7 +174,10 @@ impl TryFrom<String> for OrderStatus {
     }
 }
 
-/// An order as stored, internal fields included.
+/// A row of `orders` as stored, internal fields included: an order of one product, or one
+/// line of an order of several (its first line is the order: `parent_id` is `None` and
+/// `line_count` says how many lines it has; each further line names it in `parent_id`).
+/// `total_amount` is the row's own amount (quantity × unit price).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Order {
     pub id: i64,
@@ -137,22 +191,65 @@ pub struct Order {
     pub created_at: NaiveDateTime,
     pub expires_at: NaiveDateTime,
     pub paid_at: Option<NaiveDateTime>,
-    /// The stock gate's reservation token: ties the Redis reservation to this row.
+    /// The stock gate's reservation token: ties the Redis reservation to this row (the
+    /// lines of one order share it: each lives in its own product's hash).
     pub hold: String,
+    /// The order this row is a further line of; `None` for an order's own row.
+    pub parent_id: Option<i64>,
+    /// On an order's own row, its number of lines; 0 on a further line.
+    pub line_count: i32,
+}
+
+impl Order {
+    /// Whether this order has further lines (rows of their own).
+    pub fn has_lines(&self) -> bool {
+        self.line_count > 1
+    }
 }
 
 /// The columns of [`Order`], in its field order.
 pub const ORDER_COLUMNS: &str = "id, user_id, product_id, quantity, unit_price, total_amount, \
-     status, created_at, expires_at, paid_at, hold";
+     status, created_at, expires_at, paid_at, hold, parent_id, line_count";
 
-/// An order as the client sees it.
+/// One line of an order as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LineView {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+    /// quantity × unit_price.
+    pub line_amount: i64,
+}
+
+impl From<&Order> for LineView {
+    fn from(o: &Order) -> Self {
+        Self {
+            product_id: o.product_id,
+            quantity: o.quantity,
+            unit_price: o.unit_price,
+            line_amount: o.total_amount,
+        }
+    }
+}
+
+/// An order as the client sees it: its lines in ascending product id; an order of one
+/// line also carries that line's `product_id`, `quantity` and `unit_price` at the top, as
+/// before orders had lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub order_id: i64,
     pub user_id: i64,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub unit_price: i64,
+    /// Orders of one line only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<i64>,
+    /// Orders of one line only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<i64>,
+    /// Orders of one line only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_price: Option<i64>,
+    pub items: Vec<LineView>,
+    /// The sum of the lines' amounts.
     pub total_amount: i64,
     pub status: OrderStatus,
     #[serde(serialize_with = "crate::http::utc")]
@@ -164,17 +261,43 @@ pub struct OrderView {
 }
 
 impl From<&Order> for OrderView {
+    /// The view of an order of one line.
     fn from(o: &Order) -> Self {
+        Self::of(o, &[])
+    }
+}
+
+impl OrderView {
+    /// The view of an order from its rows, its own first (see [`OrderView::of`]).
+    pub fn of_rows(rows: &[Order]) -> Option<Self> {
+        let (order, lines) = rows.split_first()?;
+        Some(Self::of(order, lines))
+    }
+
+    /// The view of the order whose own row is `order` and whose further lines are `lines`
+    /// (its status and times are the order's own row's).
+    pub fn of(order: &Order, lines: &[Order]) -> Self {
+        let mut items: Vec<LineView> = std::iter::once(order)
+            .chain(lines)
+            .map(LineView::from)
+            .collect();
+        items.sort_unstable_by_key(|l| l.product_id);
+        let single = lines.is_empty();
         Self {
-            order_id: o.id,
-            user_id: o.user_id,
-            product_id: o.product_id,
-            quantity: o.quantity,
-            unit_price: o.unit_price,
-            total_amount: o.total_amount,
-            status: o.status,
-            created_at: o.created_at,
-            expires_at: o.expires_at,
+            order_id: order.id,
+            user_id: order.user_id,
+            product_id: single.then_some(order.product_id),
+            quantity: single.then_some(order.quantity),
+            unit_price: single.then_some(order.unit_price),
+            // Each line's amount is bounded (price × ≤ 1000), so the sum of ≤ the most
+            // lines allowed cannot overflow; saturating keeps it total.
+            total_amount: items
+                .iter()
+                .fold(0i64, |sum, l| sum.saturating_add(l.line_amount)),
+            items,
+            status: order.status,
+            created_at: order.created_at,
+            expires_at: order.expires_at,
         }
     }
 }
@@ -196,6 +319,30 @@ mod tests {
         assert!(check_price(1200, 1200).is_ok());
         let err = check_price(1000, 1200).unwrap_err();
         assert_eq!(err.code().code, "PRICE_MISMATCH");
+    }
+
+    fn ask(product_id: i64, quantity: i64) -> LineAsk {
+        LineAsk {
+            product_id,
+            quantity: Quantity::parse(quantity).unwrap(),
+            price: 100,
+        }
+    }
+
+    #[test]
+    fn lines_are_one_to_the_most_allowed_each_product_once_in_product_order() {
+        let lines = Lines::parse(vec![ask(9, 1), ask(3, 2), ask(5, 1)], 3).unwrap();
+        assert_eq!(lines.product_ids(), [3, 5, 9]);
+        assert!(Lines::parse(vec![], 3).is_err());
+        let err = Lines::parse(vec![ask(1, 1), ask(2, 1), ask(3, 1), ask(4, 1)], 3).unwrap_err();
+        assert_eq!(err.code().code, "VALIDATION_FAILED");
+        let twice = Lines::parse(vec![ask(7, 3), ask(8, 1), ask(7, 3)], 20).unwrap_err();
+        assert_eq!(twice.code().code, "VALIDATION_FAILED");
+        let message = twice.to_string();
+        assert!(
+            message.contains("items[0]") && message.contains("items[2]"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -36,12 +36,13 @@ pub fn spawn(pool: MySqlPool, stock: StockGate, every: Duration) -> tokio::task:
     })
 }
 
-/// Expires one batch of overdue orders, then gives their units back in Redis (one call per
-/// product); returns how many.
+/// Expires one batch of overdue orders (every line of each), then gives their units back in
+/// Redis (one call per product); returns how many orders.
 pub async fn sweep(pool: &MySqlPool, stock: &StockGate) -> Result<usize, AppError> {
     let expired = db::transact(pool, |tx| Box::pin(sweep_in(tx))).await?;
-    if !expired.is_empty() {
-        metrics::counter!("orders_expired_total").increment(expired.len() as u64);
+    let orders = expired.iter().filter(|o| o.parent_id.is_none()).count();
+    if orders > 0 {
+        metrics::counter!("orders_expired_total").increment(orders as u64);
     }
     let mut by_product: BTreeMap<i64, Vec<Hold>> = BTreeMap::new();
     for order in &expired {
@@ -53,18 +54,38 @@ pub async fn sweep(pool: &MySqlPool, stock: &StockGate) -> Result<usize, AppErro
     for (product_id, holds) in by_product {
         stock.finish(product_id, &holds, Finish::Expired).await;
     }
-    Ok(expired.len())
+    Ok(orders)
 }
 
 async fn sweep_in(tx: &mut MySqlConnection) -> Result<Vec<Order>, AppError> {
+    // Orders, not lines: an order's own row, skipped when another transaction holds it
+    // (a payment, a cancel, another sweeper), then its further lines, which only the
+    // holder of the order's own row ever locks — so an order expires whole or not at all.
     let mut overdue: Vec<Order> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'PENDING' AND expires_at <= ? \
-         ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
+         AND parent_id IS NULL ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
     ))
     .bind(db::now())
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
+    let several: Vec<i64> = overdue
+        .iter()
+        .filter(|o| o.has_lines())
+        .map(|o| o.id)
+        .collect();
+    if !several.is_empty() {
+        let mut lines = sqlx::QueryBuilder::new(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE parent_id IN ("
+        ));
+        let mut ids = lines.separated(", ");
+        for id in &several {
+            ids.push_bind(*id);
+        }
+        lines.push(") ORDER BY id FOR UPDATE");
+        let lines: Vec<Order> = lines.build_query_as().fetch_all(&mut *tx).await?;
+        overdue.extend(lines);
+    }
     // `release` locks their products in id order, so two sweepers never lock two products
     // in opposite orders.
     overdue.sort_by_key(|o| (o.product_id, o.id));

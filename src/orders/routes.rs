@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 use super::{
-    domain::{OrderStatus, OrderView, Quantity},
+    domain::{LineAsk, LineView, Lines, OrderStatus, OrderView, Quantity},
     service::{self, Orders},
 };
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
 #[derive(OpenApi)]
 #[openapi(
     paths(place, get_one, cancel, refund, list),
-    components(schemas(PlaceOrderRequest, OrderView, OrderStatus))
+    components(schemas(PlaceOrderRequest, OrderLine, OrderView, LineView, OrderStatus))
 )]
 pub struct Api;
 
@@ -51,10 +51,32 @@ where
         .route_layer(axum::middleware::from_fn(crate::http::middleware::no_store))
 }
 
+/// A new order: its lines in `items`, or the one-product shorthand (`product_id`,
+/// `quantity`, `price`), which means an order of that one line. One of the two shapes.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PlaceOrderRequest {
     #[schema(value_type = i64, minimum = 1)]
     pub user_id: Id,
+    /// 1 to `MAX_ORDER_LINES` (20) lines, each product at most once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<OrderLine>>,
+    /// The shorthand: the one product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub product_id: Option<Id>,
+    /// The shorthand: 1–1000 units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub quantity: Option<i64>,
+    /// The shorthand: the unit price the user saw; it must be the current price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub price: Option<i64>,
+}
+
+/// One line of a new order.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct OrderLine {
     #[schema(value_type = i64, minimum = 1)]
     pub product_id: Id,
     #[schema(minimum = 1, maximum = 1000)]
@@ -62,6 +84,60 @@ pub struct PlaceOrderRequest {
     /// The unit price the user saw; it must be the current price.
     #[schema(minimum = 0)]
     pub price: i64,
+}
+
+impl OrderLine {
+    fn parse(&self) -> Result<LineAsk, AppError> {
+        if self.price < 0 {
+            return Err(AppError::Validation("price must not be negative".into()));
+        }
+        Ok(LineAsk {
+            product_id: self.product_id.get(),
+            quantity: Quantity::parse(self.quantity)?,
+            price: self.price,
+        })
+    }
+}
+
+impl PlaceOrderRequest {
+    /// The lines asked for, whichever shape the body has.
+    fn lines(&self, max: usize) -> Result<Lines, AppError> {
+        let shorthand = (self.product_id, self.quantity, self.price);
+        let asked = match (&self.items, shorthand) {
+            (Some(_), (None, None, None)) => self
+                .items
+                .iter()
+                .flatten()
+                .map(OrderLine::parse)
+                .collect::<Result<Vec<_>, _>>()?,
+            (Some(_), _) => {
+                return Err(AppError::Validation(
+                    "send either items or product_id, quantity and price, not both".into(),
+                ))
+            }
+            (None, (Some(product_id), Some(quantity), Some(price))) => vec![OrderLine {
+                product_id,
+                quantity,
+                price,
+            }
+            .parse()?],
+            (None, (product_id, quantity, price)) => {
+                let missing: Vec<&str> = [
+                    ("product_id", product_id.is_none()),
+                    ("quantity", quantity.is_none()),
+                    ("price", price.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect();
+                return Err(AppError::Validation(format!(
+                    "missing field {} (or send items)",
+                    missing.join(", ")
+                )));
+            }
+        };
+        Lines::parse(asked, max)
+    }
 }
 
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
@@ -80,16 +156,25 @@ async fn place(
     key: IdempotencyKey,
     AppJson(body): AppJson<PlaceOrderRequest>,
 ) -> Result<Response, AppError> {
-    if body.price < 0 {
-        return Err(AppError::Validation("price must not be negative".into()));
-    }
-    let order = NewOrder {
-        user_id: body.user_id.get(),
-        product_id: body.product_id.get(),
-        quantity: Quantity::parse(body.quantity)?,
-        price: body.price,
+    let lines = body.lines(checkout.max_lines())?;
+    let user_id = body.user_id.get();
+    let outcome = match lines.get() {
+        // One line: its product's batch (group commit).
+        [line] => {
+            let order = NewOrder {
+                user_id,
+                product_id: line.product_id,
+                quantity: line.quantity,
+                price: line.price,
+            };
+            checkout.place(caller, order, &key, &body).await?
+        }
+        _ => {
+            checkout
+                .place_lines(caller, user_id, lines, &key, &body)
+                .await?
+        }
     };
-    let outcome = checkout.place(caller, order, &key, &body).await?;
     Ok(outcome.respond(StatusCode::CREATED))
 }
 
@@ -103,8 +188,10 @@ async fn get_one(
     caller: Caller,
     AppPath(order_id): AppPath<Id>,
 ) -> Result<Json<OrderView>, AppError> {
-    let order = service::get(&orders.db, caller, order_id.get()).await?;
-    Ok(Json(OrderView::from(&order)))
+    let rows = service::get(&orders.db, caller, order_id.get()).await?;
+    Ok(Json(
+        OrderView::of_rows(&rows).ok_or(AppError::OrderNotFound)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders", security(("bearer" = [])),

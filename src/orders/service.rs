@@ -1,13 +1,16 @@
 //! Order use cases outside the checkout: reading, cancelling, refunding.
 //!
 //! Lock order, shared with the checkout batches and the expiry sweeper so that no two
-//! transactions wait on each other in a circle: idempotency key → **order → payment →
-//! user → product** → the day's `daily_sales` row. A cancel takes order, user (its points
-//! hold), product; a refund takes every one of them, in that order.
+//! transactions wait on each other in a circle: idempotency key → **order** (its own row,
+//! then its further lines, ids ascending) **→ payment → user → products** (ids ascending)
+//! → the day's `daily_sales` rows. A cancel takes order, user (its points hold),
+//! products; a refund takes every one of them, in that order.
 //!
 //! After the commit, Redis follows: a cancel gives its reservation back (announcing units
 //! back to every instance); a refund re-syncs the product's counter from MySQL and takes
 //! its units off its payment day's ranking.
+
+use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use sqlx::{MySqlConnection, MySqlPool};
@@ -39,17 +42,37 @@ pub struct Orders {
     pub refund_window: std::time::Duration,
 }
 
-/// The caller's order; another user's order is `ORDER_NOT_FOUND`, exactly like a missing
-/// one (same query, same answer).
-pub async fn get(pool: &MySqlPool, caller: Caller, order_id: i64) -> Result<Order, AppError> {
-    let order: Option<Order> =
-        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"))
-            .bind(order_id)
-            .fetch_optional(pool)
-            .await?;
-    order
+/// The caller's order, its own row first, then its further lines; another user's order
+/// is `ORDER_NOT_FOUND`, exactly like a missing one (same query, same answer), and so is
+/// the id of a further line (it is no order).
+pub async fn get(pool: &MySqlPool, caller: Caller, order_id: i64) -> Result<Vec<Order>, AppError> {
+    let order: Option<Order> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND parent_id IS NULL"
+    ))
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    let order = order
         .filter(|o| caller.owns(o.user_id))
-        .ok_or(AppError::OrderNotFound)
+        .ok_or(AppError::OrderNotFound)?;
+    let mut rows = vec![order];
+    if rows[0].has_lines() {
+        rows.extend(lines_of(pool, &[order_id]).await?);
+    }
+    Ok(rows)
+}
+
+/// The further lines of `orders`, in id order.
+async fn lines_of(pool: &MySqlPool, orders: &[i64]) -> Result<Vec<Order>, AppError> {
+    let mut q = sqlx::QueryBuilder::new(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE parent_id IN ("
+    ));
+    let mut ids = q.separated(", ");
+    for id in orders {
+        ids.push_bind(*id);
+    }
+    q.push(") ORDER BY id");
+    Ok(q.build_query_as().fetch_all(pool).await?)
 }
 
 pub async fn list_for_user(
@@ -61,20 +84,37 @@ pub async fn list_for_user(
     caller.act_for(user_id)?;
     points::ensure_user(pool, user_id).await?;
     let rows: Vec<Order> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? AND parent_id IS NULL AND id < ? \
+         ORDER BY id DESC LIMIT ?"
     ))
     .bind(user_id)
     .bind(page.before)
     .bind(page.limit + 1)
     .fetch_all(pool)
     .await?;
-    let views = rows.iter().map(OrderView::from).collect();
+    let several: Vec<i64> = rows
+        .iter()
+        .filter(|o| o.has_lines())
+        .map(|o| o.id)
+        .collect();
+    let mut lines: HashMap<i64, Vec<Order>> = HashMap::new();
+    if !several.is_empty() {
+        for line in lines_of(pool, &several).await? {
+            if let Some(parent) = line.parent_id {
+                lines.entry(parent).or_default().push(line);
+            }
+        }
+    }
+    let views = rows
+        .iter()
+        .map(|o| OrderView::of(o, lines.get(&o.id).map(Vec::as_slice).unwrap_or_default()))
+        .collect();
     Ok(CursorPage::from_rows(views, page, |o: &OrderView| {
         o.order_id
     }))
 }
 
-/// PENDING → CANCELLED; the units return to available stock, once.
+/// PENDING → CANCELLED, every line at once; the units return to available stock, once.
 #[tracing::instrument(skip(pool, stock, claim))]
 pub async fn cancel(
     pool: &MySqlPool,
@@ -82,41 +122,47 @@ pub async fn cancel(
     caller: Caller,
     order_id: i64,
     claim: Option<&Claim>,
-) -> Result<Outcome<OrderView, Option<Order>>, AppError> {
+) -> Result<Outcome<OrderView, Vec<Order>>, AppError> {
     let outcome = idempotency::run(pool, claim, |tx| {
         Box::pin(async move {
-            let mut order = lock(tx, caller, order_id).await?;
-            let next = order.status.cancel()?;
-            release(tx, std::slice::from_ref(&order), next).await?;
-            order.status = next;
-            Ok((OrderView::from(&order), Some(order)))
+            let mut rows = lock(tx, caller, order_id).await?;
+            let next = rows[0].status.cancel()?;
+            release(tx, &rows, next).await?;
+            for row in &mut rows {
+                row.status = next;
+            }
+            let view = OrderView::of_rows(&rows).ok_or(AppError::OrderNotFound)?;
+            Ok((view, rows))
         })
     })
     .await?;
-    if let Outcome::Done(_, Some(order)) = &outcome {
-        stock
-            .finish(
-                order.product_id,
-                &[Hold::stored(order.hold.clone())],
-                Finish::Cancelled,
-            )
-            .await;
+    if let Outcome::Done(_, rows) = &outcome {
+        for row in rows {
+            stock
+                .finish(
+                    row.product_id,
+                    &[Hold::stored(row.hold.clone())],
+                    Finish::Cancelled,
+                )
+                .await;
+        }
     }
     Ok(outcome)
 }
 
 /// What a committed refund leaves for Redis to learn.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Refunded {
-    pub product_id: i64,
-    pub quantity: i64,
+    /// Units back per product, in product order.
+    pub lines: Vec<(i64, i64)>,
     /// The day of the payment, whose sales the refund takes back.
     pub paid_day: NaiveDate,
 }
 
-/// PAID → REFUNDED within the refund window (R1–R4), in one transaction: the order and its
-/// payment REFUNDED, the points back (REFUND history row), the units back to available
-/// stock, `sold` and the payment day's sales down, `order.refunded` in the outbox.
+/// PAID → REFUNDED within the refund window (R1–R4), in one transaction: the order (every
+/// line) and its payment REFUNDED, the points back (REFUND history row), each line's units
+/// back to available stock, `sold` and the payment day's sales down per product,
+/// `order.refunded` in the outbox.
 #[tracing::instrument(skip(pool, stock, ranking, claim))]
 pub async fn refund(
     pool: &MySqlPool,
@@ -136,13 +182,18 @@ pub async fn refund(
     })
     .await?;
     if let Outcome::Done(_, Some(r)) = &outcome {
-        // The counter from MySQL (exact and idempotent, unlike an increment), then the
+        // The counters from MySQL (exact and idempotent, unlike an increment), then the
         // ranking of the payment's day.
-        if let Err(e) = stock.sync(&[r.product_id]).await {
-            tracing::warn!(product_id = r.product_id, error = %e, "stock not synced after a refund; the repairs will");
-            stock.resync_soon(r.product_id);
+        let products: Vec<i64> = r.lines.iter().map(|(p, _)| *p).collect();
+        if let Err(e) = stock.sync(&products).await {
+            tracing::warn!(?products, error = %e, "stock not synced after a refund; the repairs will");
+            for product_id in &products {
+                stock.resync_soon(*product_id);
+            }
         }
-        ranking.record(r.paid_day, r.product_id, -r.quantity).await;
+        for (product_id, quantity) in &r.lines {
+            ranking.record(r.paid_day, *product_id, -quantity).await;
+        }
     }
     Ok(outcome)
 }
@@ -154,12 +205,14 @@ async fn refund_in(
     window: chrono::Duration,
 ) -> Result<(OrderView, Refunded), AppError> {
     let now = db::now();
-    // 1. order
-    let mut order = lock(tx, caller, order_id).await?;
+    // 1. the order's rows
+    let mut rows = lock(tx, caller, order_id).await?;
+    let order = rows[0].clone();
     let next = order.status.refund(order.paid_at, now, window)?;
     let paid_at = order
         .paid_at
         .ok_or_else(|| anyhow::anyhow!("a PAID order without paid_at"))?;
+    let amount: i64 = rows.iter().map(|o| o.total_amount).sum();
     // 2. payment
     let payment_id: i64 =
         sqlx::query_scalar("SELECT id FROM payments WHERE order_id = ? FOR UPDATE")
@@ -171,28 +224,33 @@ async fn refund_in(
         .bind(order.user_id)
         .fetch_one(&mut *tx)
         .await?;
-    let after = Balance::new(balance).credit(order.total_amount)?;
-    // 4. product: the units are available again, and no longer sold.
-    let q = order.quantity;
-    sqlx::query(
-        "UPDATE products SET stock = stock + ?, sold = sold - ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(q)
-    .bind(q)
-    .bind(now)
-    .bind(order.product_id)
-    .execute(&mut *tx)
-    .await?;
-    // 5. the payment day's sales (the ranking counts net sales)
-    sqlx::query(
-        "UPDATE daily_sales SET quantity = quantity - ? WHERE day = ? AND product_id = ? AND quantity >= ?",
-    )
-    .bind(q)
-    .bind(paid_at.date())
-    .bind(order.product_id)
-    .bind(q)
-    .execute(&mut *tx)
-    .await?;
+    let after = Balance::new(balance).credit(amount)?;
+    // 4. products, in id order: the units are available again, and no longer sold.
+    let mut lines: Vec<(i64, i64)> = rows.iter().map(|o| (o.product_id, o.quantity)).collect();
+    lines.sort_unstable();
+    for (product_id, q) in &lines {
+        sqlx::query(
+            "UPDATE products SET stock = stock + ?, sold = sold - ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(q)
+        .bind(q)
+        .bind(now)
+        .bind(product_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // 5. the payment day's sales (the ranking counts net sales), in product order
+    for (product_id, q) in &lines {
+        sqlx::query(
+            "UPDATE daily_sales SET quantity = quantity - ? WHERE day = ? AND product_id = ? AND quantity >= ?",
+        )
+        .bind(q)
+        .bind(paid_at.date())
+        .bind(product_id)
+        .bind(q)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query("UPDATE users SET balance = ? WHERE id = ?")
         .bind(after.get())
         .bind(order.user_id)
@@ -203,60 +261,72 @@ async fn refund_in(
         &[(
             order.user_id,
             PointKind::Refund,
-            order.total_amount,
+            amount,
             after.get(),
             Some(order.id),
         )],
     )
     .await?;
-    sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ?")
-        .bind(next.as_str())
-        .bind(now)
-        .bind(order.id)
-        .execute(&mut *tx)
-        .await?;
+    let mut update = sqlx::QueryBuilder::new("UPDATE orders SET status = ");
+    update
+        .push_bind(next.as_str())
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" WHERE id IN (");
+    let mut ids = update.separated(", ");
+    for row in &rows {
+        ids.push_bind(row.id);
+    }
+    update.push(")");
+    update.build().execute(&mut *tx).await?;
     sqlx::query("UPDATE payments SET status = ? WHERE id = ?")
         .bind(PaymentStatus::Refunded.as_str())
         .bind(payment_id)
         .execute(&mut *tx)
         .await?;
-    let event = OrderEvent {
-        order_id: order.id,
-        payment_id,
-        user_id: order.user_id,
-        product_id: order.product_id,
-        quantity: q,
-        amount: order.total_amount,
-        paid_at,
-        refunded_at: None,
-    };
+    let event = OrderEvent::of_rows(&rows, payment_id, paid_at);
     events::record(tx, &[Event::order_refunded(event, now)]).await?;
-    order.status = next;
+    for row in &mut rows {
+        row.status = next;
+    }
+    let view = OrderView::of_rows(&rows).ok_or(AppError::OrderNotFound)?;
     Ok((
-        OrderView::from(&order),
+        view,
         Refunded {
-            product_id: order.product_id,
-            quantity: q,
+            lines,
             paid_day: paid_at.date(),
         },
     ))
 }
 
-/// Locks the caller's order row (first in the lock order).
+/// Locks the caller's order (first in the lock order): its own row, then its further
+/// lines (ids ascending: they were written after it). Returns them in that order.
 pub async fn lock(
     tx: &mut MySqlConnection,
     caller: Caller,
     order_id: i64,
-) -> Result<Order, AppError> {
+) -> Result<Vec<Order>, AppError> {
     let order: Option<Order> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? FOR UPDATE"
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND parent_id IS NULL FOR UPDATE"
     ))
     .bind(order_id)
     .fetch_optional(&mut *tx)
     .await?;
-    order
+    let order = order
         .filter(|o| caller.owns(o.user_id))
-        .ok_or(AppError::OrderNotFound)
+        .ok_or(AppError::OrderNotFound)?;
+    let several = order.has_lines();
+    let mut rows = vec![order];
+    if several {
+        let lines: Vec<Order> = sqlx::query_as(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE parent_id = ? ORDER BY id FOR UPDATE"
+        ))
+        .bind(order_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.extend(lines);
+    }
+    Ok(rows)
 }
 
 /// Ends PENDING orders without payment: their units go back to available stock and their

@@ -103,6 +103,7 @@ pub fn test_config() -> Config {
         header_read_timeout: Duration::from_secs(10),
         max_connections: 10_000,
         checkout_queue_max: 2_000,
+        max_order_lines: 20,
         admin_token: Some(ADMIN_TOKEN.into()),
         auth: AuthConfig {
             jwt_secret: Some(JWT_SECRET.into()),
@@ -704,7 +705,7 @@ pub async fn cancels_racing_the_sweeper(
 ) -> Vec<Reply> {
     const PRODUCT_LOCK: &str = "SELECT id FROM products WHERE id IN";
     const ORDER_LOCK: &str = "SELECT id, user_id, product_id, quantity, unit_price, total_amount, \
-         status, created_at, expires_at, paid_at, hold FROM orders WHERE id =";
+         status, created_at, expires_at, paid_at, hold, parent_id, line_count FROM orders WHERE id =";
     let ids: Vec<String> = orders.iter().map(|(_, id)| id.to_string()).collect();
     sqlx::query(&format!(
         "UPDATE orders SET expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 SECOND WHERE id IN ({})",

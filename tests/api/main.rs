@@ -14,6 +14,7 @@ mod haproxy;
 mod helpers;
 mod idempotency;
 mod kafka;
+mod lines;
 mod mysql_faults;
 mod mysql_replica;
 mod openapi;
