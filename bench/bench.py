@@ -393,6 +393,32 @@ def wins_wrk(tokens, conns):
     return median(runs)
 
 
+def carts_wrk(tokens, conns):
+    """Carts driven by wrk (bench/wrk/cart.lua): each buyer checks out 3 lines drawn from
+    20 hot products (overlapping carts, random line order) and pays at once. Lines
+    committed/s = units PAID over the 20 products ÷ the run's seconds; latency over both
+    kinds of request."""
+    lines = WORK / "cart_buyers.lines"
+    lines.write_text("".join(f"{u}\t{t}\n" for u, t in sorted(tokens.items())))
+    runs = []
+    for _ in range(REPEATS):
+        ids = []
+        for i in range(20):
+            _, product = api("POST", "/v1/admin/products", {"name": f"bench cart item {i}", "price": 1, "stock": 10_000_000})
+            ids.append(product["id"])
+        listed = ",".join(str(i) for i in ids)
+        run = wrk("cart.lua", conns=conns, BUYERS=str(lines), PRODUCTS=listed, PRICE="1", LINES="3")
+        sold, paid, split = mariadb(
+            f"SELECT (SELECT CAST(SUM(sold) AS SIGNED) FROM products WHERE id IN ({listed})), "
+            f"(SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM orders WHERE product_id IN ({listed}) AND status = 'PAID'), "
+            f"(SELECT COUNT(*) FROM orders l JOIN orders o ON o.id = l.parent_id WHERE l.product_id IN ({listed}) AND l.status <> o.status)"
+        ).split("\t")
+        invariants.append((f"carts (wrk, {conns} connections): sold {sold} == Σ PAID lines {paid}, no order split ({split}), no failed request",
+                           sold == paid and split == "0" and run["non2xx"] == 0 and run["socket_errors"] == 0))
+        runs.append({**run, "requests_rps": run["rps"], "rps": int(sold or 0) / run["seconds"]})
+    return median(runs)
+
+
 def charges_bench(tokens):
     users = sorted(tokens)
     lines = write_lines("charge.lines", [(f"/v1/users/{u}/points/charge", tokens[u], {"amount": 1}) for u in users])
@@ -822,6 +848,15 @@ def measure(server):
         targets.append((f"Winners/s ≥ 0.25 of the batched ceiling (wrk, {conns} connections)", w["rps"] / pay_batched["rps"], 0.25))
         latency.append((f"winners' p99, orders and payments together (wrk, {conns} connections)", w["p99_ms"], 50))
     invariants.append((f"everyone wins: sold {wins['sold']} == buyers {BUYERS}", wins["sold"] == BUYERS))
+
+    log("carts: 3 lines of 20 hot products each, paid at once (wrk)")
+    carts = carts_wrk(tokens, CONNS)
+    rows.append(row(f"cart lines committed/s: 3 of 20 hot products per order, paid at once (wrk, {CONNS} connections; "
+                    "latency = orders and payments)", carts, f"winners committed/s, everyone wins via wrk ({CONNS} connections)",
+                    w, 1))
+    rows.append(row("cart lines committed/s, against the batched ceiling", carts, f"mysqlslap payment, {BATCH} per tx", pay_batched))
+    targets.append((f"Cart lines/s ≥ the one-product everyone-wins rate (wrk, {CONNS} connections)", carts["rps"] / w["rps"], 1))
+    latency.append((f"carts' p99, orders and payments together (wrk, {CONNS} connections)", carts["p99_ms"], 50))
 
     log("everyone wins, every order and payment with an Idempotency-Key")
     wins_keyed = k6_flash("everyone-wins-keyed", buyers=BUYERS, units=BUYERS, vus=WIN_VUS, keys=True)

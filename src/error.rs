@@ -110,6 +110,16 @@ codes! {
         "The server failed in a way it did not expect. Nothing internal is shown; the request id finds it in the logs.";
 }
 
+/// The codes a line of an order of several products can fail with (SPEC L2): such an
+/// order's problem lists every failing line under `lines`, each with one of these.
+pub const LINE_CODES: &[&CodeDoc] = &[
+    &code::SALE_NOT_STARTED,
+    &code::SALE_ENDED,
+    &code::OUT_OF_STOCK,
+    &code::PURCHASE_LIMIT_REACHED,
+    &code::PRICE_MISMATCH,
+];
+
 /// The code behind a `type` URI's last segment.
 pub fn code_by_slug(slug: &str) -> Option<&'static CodeDoc> {
     CODES.iter().find(|c| c.slug() == slug)
@@ -566,6 +576,61 @@ mod tests {
         assert_eq!(p.title, "Out of stock");
         assert_eq!(p.status, 409);
         assert_eq!((p.available, p.requested), (Some(0), Some(1)));
+    }
+
+    #[test]
+    fn an_order_of_several_lines_names_its_first_rule_and_lists_every_line() {
+        let refusal = AppError::Lines {
+            first: Box::new(AppError::OutOfStock {
+                available: 1,
+                requested: 2,
+            }),
+            lines: vec![
+                (
+                    3,
+                    AppError::OutOfStock {
+                        available: 1,
+                        requested: 2,
+                    },
+                ),
+                (
+                    5,
+                    AppError::PriceMismatch {
+                        seen: 1,
+                        current: 2,
+                    },
+                ),
+            ],
+        };
+        assert_eq!(refusal.status(), StatusCode::CONFLICT);
+        assert!(refusal.is_kept());
+        let json = serde_json::to_value(refusal.duplicate().problem()).unwrap();
+        assert_eq!(json["code"], "OUT_OF_STOCK");
+        assert_eq!(
+            (&json["available"], &json["requested"]),
+            (&1.into(), &2.into())
+        );
+        assert_eq!(
+            json["lines"],
+            serde_json::json!([
+                {"product_id": 3, "code": "OUT_OF_STOCK", "available": 1, "requested": 2},
+                {"product_id": 5, "code": "PRICE_MISMATCH", "current_price": 2}
+            ])
+        );
+        let waiting = AppError::Lines {
+            first: Box::new(AppError::SaleNotStarted {
+                starts_at: chrono::DateTime::from_timestamp(2_000_000_000, 0)
+                    .unwrap()
+                    .naive_utc(),
+                retry_after_secs: 3,
+            }),
+            lines: Vec::new(),
+        };
+        assert!(
+            !waiting.is_kept(),
+            "SALE_NOT_STARTED is not kept, in a cart too"
+        );
+        assert_eq!(waiting.problem().retry_header, Some(3));
     }
 
     #[test]

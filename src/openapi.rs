@@ -21,7 +21,7 @@ use crate::{admin, catalog, ops, orders, payments, points};
         description = "Points, catalog, orders and payments. Errors are application/problem+json (RFC 9457)."
     ),
     modifiers(&SecuritySchemes),
-    components(schemas(crate::error::Problem))
+    components(schemas(crate::error::Problem, crate::error::LineProblem))
 )]
 struct ApiDoc;
 

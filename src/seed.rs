@@ -113,8 +113,12 @@ const SALES_DAYS: i64 = 3;
 /// Products sold each of those days.
 const SALES_PRODUCTS: i64 = 12;
 
-/// A few days of paid orders, written as the checkout writes them (order, payment, USE
-/// history row, stock and sold, the day's sales), so every invariant holds from the start.
+/// Orders of several products the demo starts with (paid today by the first users).
+const DEMO_CARTS: i64 = 3;
+
+/// A few days of paid orders, written as the checkout writes them (order rows, payment,
+/// USE history row, stock and sold, the day's sales), so every invariant holds from the
+/// start; today also a few orders of three products each.
 async fn sales(
     tx: &mut sqlx::MySqlConnection,
     size: Size,
@@ -128,87 +132,126 @@ async fn sales(
         for product in 1..=SALES_PRODUCTS.min(size.products) {
             let quantity = 1 + (SALES_PRODUCTS - product + day * 3) % 9;
             let user = 1 + (product * 7 + day * 13) % size.users;
-            let (price, stock): (i64, i64) =
-                sqlx::query_as("SELECT price, stock FROM products WHERE id = ?")
-                    .bind(product)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if stock < quantity {
-                continue;
-            }
-            let total = price * quantity;
-            let balance: i64 = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
-                .bind(user)
-                .fetch_one(&mut *tx)
-                .await?;
-            if balance < total {
-                continue;
-            }
-            let after = balance - total;
-            let order = sqlx::query(
-                "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, \
-                 created_at, expires_at, paid_at, updated_at, hold) \
-                 VALUES (?, ?, ?, ?, ?, 'PAID', ?, ?, ?, ?, CONCAT('demo-', ?, '-', ?))",
-            )
-            .bind(user)
-            .bind(product)
-            .bind(quantity)
-            .bind(price)
-            .bind(total)
-            .bind(paid_at)
-            .bind(paid_at)
-            .bind(paid_at)
-            .bind(paid_at)
-            .bind(day)
-            .bind(product)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_id();
-            sqlx::query(
-                "INSERT INTO payments (order_id, user_id, amount, status, balance_after, created_at) \
-                 VALUES (?, ?, ?, 'COMPLETED', ?, ?)",
-            )
-            .bind(order)
-            .bind(user)
-            .bind(total)
-            .bind(after)
-            .bind(paid_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE users SET balance = ? WHERE id = ?")
-                .bind(after)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(user)
-            .bind(PointKind::Use.as_str())
-            .bind(total)
-            .bind(after)
-            .bind(order)
-            .bind(paid_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE products SET stock = stock - ?, sold = sold + ? WHERE id = ?")
-                .bind(quantity)
-                .bind(quantity)
-                .bind(product)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO daily_sales (day, product_id, quantity) VALUES (?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)",
-            )
-            .bind(paid_at.date())
-            .bind(product)
-            .bind(quantity)
-            .execute(&mut *tx)
-            .await?;
+            let hold = format!("demo-{day}-{product}");
+            paid_order(tx, user, &[(product, quantity)], paid_at, &hold).await?;
         }
     }
+    for cart in 1..=DEMO_CARTS.min(size.users) {
+        let lines: Vec<(i64, i64)> = [20, 30, 40]
+            .iter()
+            .map(|base| (base + cart, 1 + cart % 2))
+            .filter(|(product, _)| *product <= size.products)
+            .collect();
+        if lines.len() > 1 {
+            paid_order(tx, cart, &lines, now, &format!("demo-cart-{cart}")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One PAID order of `lines` (product, quantity; ascending product ids) by `user`, unless
+/// the stock or the user's balance does not cover it.
+async fn paid_order(
+    tx: &mut sqlx::MySqlConnection,
+    user: i64,
+    lines: &[(i64, i64)],
+    paid_at: chrono::NaiveDateTime,
+    hold: &str,
+) -> anyhow::Result<()> {
+    let mut priced = Vec::with_capacity(lines.len());
+    for (product, quantity) in lines {
+        let (price, stock): (i64, i64) =
+            sqlx::query_as("SELECT price, stock FROM products WHERE id = ?")
+                .bind(product)
+                .fetch_one(&mut *tx)
+                .await?;
+        if stock < *quantity {
+            return Ok(());
+        }
+        priced.push((*product, *quantity, price));
+    }
+    let total: i64 = priced.iter().map(|(_, q, price)| q * price).sum();
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM users WHERE id = ?")
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+    if balance < total {
+        return Ok(());
+    }
+    let after = balance - total;
+    let mut order = 0u64;
+    for (i, (product, quantity, price)) in priced.iter().enumerate() {
+        let (parent, line_count) = match i {
+            0 => (None, priced.len() as i64),
+            _ => (Some(order), 0),
+        };
+        let id = sqlx::query(
+            "INSERT INTO orders (user_id, product_id, quantity, unit_price, total_amount, status, \
+             created_at, expires_at, paid_at, updated_at, hold, parent_id, line_count) \
+             VALUES (?, ?, ?, ?, ?, 'PAID', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user)
+        .bind(product)
+        .bind(quantity)
+        .bind(price)
+        .bind(quantity * price)
+        .bind(paid_at)
+        .bind(paid_at)
+        .bind(paid_at)
+        .bind(paid_at)
+        .bind(hold)
+        .bind(parent)
+        .bind(line_count)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_id();
+        if i == 0 {
+            order = id;
+        }
+        sqlx::query("UPDATE products SET stock = stock - ?, sold = sold + ? WHERE id = ?")
+            .bind(quantity)
+            .bind(quantity)
+            .bind(product)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO daily_sales (day, product_id, quantity) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)",
+        )
+        .bind(paid_at.date())
+        .bind(product)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO payments (order_id, user_id, amount, status, balance_after, created_at) \
+         VALUES (?, ?, ?, 'COMPLETED', ?, ?)",
+    )
+    .bind(order)
+    .bind(user)
+    .bind(total)
+    .bind(after)
+    .bind(paid_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE users SET balance = ? WHERE id = ?")
+        .bind(after)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO point_history (user_id, kind, amount, balance_after, order_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user)
+    .bind(PointKind::Use.as_str())
+    .bind(total)
+    .bind(after)
+    .bind(order)
+    .bind(paid_at)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

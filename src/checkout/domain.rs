@@ -961,4 +961,141 @@ mod properties {
             }
         }
     }
+
+    /// Rows of three products (ids 1–3) an order of several lines locks, and its user.
+    fn lines_rows() -> impl Strategy<Value = LockedLines> {
+        (
+            prop::collection::vec(
+                (
+                    0i64..6,
+                    0i64..4,
+                    prop::option::of(1i64..=4),
+                    0u8..5,
+                    0i64..4,
+                ),
+                3,
+            ),
+            0i64..1_500,
+            0i64..500,
+        )
+            .prop_map(|(products, balance, held)| {
+                let hour = chrono::Duration::hours(1);
+                let mut rows = LockedLines {
+                    points: Some(Points {
+                        balance: balance + held,
+                        held,
+                    }),
+                    ..LockedLines::default()
+                };
+                for (i, (free, reserved, limit, window, holding)) in
+                    products.into_iter().enumerate()
+                {
+                    let id = i as i64 + 1;
+                    rows.products.insert(
+                        id,
+                        ProductRow {
+                            price: PRICE,
+                            stock: free + reserved,
+                            reserved,
+                            sold: 0,
+                            per_user_limit: limit,
+                            window: match window {
+                                0 => SaleWindow::new(Some(now() + hour), None).unwrap(),
+                                1 => SaleWindow::new(None, Some(now() - hour)).unwrap(),
+                                _ => SaleWindow::default(),
+                            },
+                        },
+                    );
+                    rows.holdings.insert(id, holding.min(reserved));
+                }
+                rows
+            })
+    }
+
+    fn some_lines() -> impl Strategy<Value = Vec<LineAsk>> {
+        prop::collection::btree_map(
+            1i64..=3,
+            (
+                1i64..=4,
+                prop_oneof![4 => Just(PRICE), 1 => Just(PRICE + 1)],
+            ),
+            1..=3,
+        )
+        .prop_map(|lines| {
+            lines
+                .into_iter()
+                .map(|(product_id, (quantity, price))| LineAsk {
+                    product_id,
+                    quantity: Quantity::parse(quantity).unwrap(),
+                    price,
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// An order of several lines is all or nothing (SPEC L2, L3): it is placed exactly
+        /// when every line alone would be (window, stock, limit, price) and the total's
+        /// points are available; placed, each product's reservations rise by its line
+        /// alone and never pass its stock, each limit holds, the hold grows by the total;
+        /// refused, nothing changed and every failing line is listed.
+        #[test]
+        fn an_order_of_several_lines_is_all_or_nothing(
+            start in lines_rows(),
+            lines in some_lines(),
+        ) {
+            let mut end = start.clone();
+            let decided = place_lines(&mut end, 1, &lines, now());
+            let alone: Vec<bool> = lines
+                .iter()
+                .map(|l| {
+                    let p = start.products[&l.product_id];
+                    let held = start.holdings.get(&l.product_id).copied().unwrap_or(0);
+                    judge_line(&p, held, l, now()).is_ok()
+                })
+                .collect();
+            let total: i64 = lines.iter().map(|l| l.quantity.get() * PRICE).sum();
+            let points = start.points.unwrap();
+            let payable = total <= points.available();
+            match decided {
+                Ok(placed) => {
+                    prop_assert!(alone.iter().all(|ok| *ok) && payable);
+                    prop_assert_eq!(placed.len(), lines.len());
+                    for l in &lines {
+                        let (p0, p1) = (start.products[&l.product_id], end.products[&l.product_id]);
+                        prop_assert_eq!(p1.reserved, p0.reserved + l.quantity.get());
+                        prop_assert!(p1.reserved <= p1.stock);
+                        let units = end.holdings[&l.product_id];
+                        if let Some(limit) = p1.per_user_limit {
+                            prop_assert!(units <= limit);
+                        }
+                    }
+                    prop_assert_eq!(end.points.unwrap().held, points.held + total);
+                }
+                Err(AppError::Lines { first, lines: failing }) => {
+                    prop_assert!(!(alone.iter().all(|ok| *ok) && payable));
+                    prop_assert_eq!(end.products, start.products);
+                    prop_assert_eq!(end.points, start.points);
+                    prop_assert_eq!(end.holdings, start.holdings);
+                    let expected: Vec<i64> = lines
+                        .iter()
+                        .zip(&alone)
+                        .filter(|(_, ok)| !**ok)
+                        .map(|(l, _)| l.product_id)
+                        .collect();
+                    let listed: Vec<i64> = failing.iter().map(|(p, _)| *p).collect();
+                    prop_assert_eq!(&listed, &expected);
+                    if expected.is_empty() {
+                        prop_assert_eq!(first.code().code, "INSUFFICIENT_POINTS");
+                    } else {
+                        let rank = failing.iter().map(|(_, e)| precedence(e)).min();
+                        prop_assert_eq!(Some(precedence(&first)), rank);
+                    }
+                }
+                Err(other) => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }

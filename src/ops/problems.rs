@@ -4,7 +4,7 @@
 use axum::response::Html;
 
 use crate::{
-    error::{code_by_slug, AppError, CodeDoc, CODES},
+    error::{code_by_slug, AppError, CodeDoc, CODES, LINE_CODES},
     http::AppPath,
 };
 
@@ -26,7 +26,7 @@ pub async fn index() -> Html<String> {
         "commerce-api problems",
         &format!(
             "<h1>Problem types</h1><p>Every error of this API is <code>application/problem+json</code> \
-             (RFC 9457) whose <code>type</code> is one of these pages.</p>\
+             (RFC 9457) whose <code>type</code> is one of these pages.</p><p>{LINES}</p>\
              <table><tr><th>status</th><th>code</th><th>title</th></tr>{rows}</table>"
         ),
     )
@@ -39,7 +39,19 @@ pub async fn show(AppPath(slug): AppPath<String>) -> Result<Html<String>, AppErr
     Ok(describe(code))
 }
 
+/// What a refusal of an order of several products adds (SPEC L2).
+const LINES: &str = "A refused order of several products names the first failing rule (in the \
+     order sale window, stock, per-customer limit, price, points) with that rule's members, and \
+     lists every failing line in <code>lines</code>: <code>product_id</code>, <code>code</code> and \
+     that code's members; <code>lines</code> is empty when only the points for the order's total \
+     fail. Nothing of such an order was reserved or held.";
+
 fn describe(code: &CodeDoc) -> Html<String> {
+    let lines = if LINE_CODES.contains(&code) || *code == crate::error::code::INSUFFICIENT_POINTS {
+        format!("<p>{LINES}</p>")
+    } else {
+        String::new()
+    };
     let members = if code.members.is_empty() {
         String::new()
     } else {
@@ -56,7 +68,7 @@ fn describe(code: &CodeDoc) -> Html<String> {
     page(
         &format!("{} — commerce-api", code.code),
         &format!(
-            "<h1><code>{}</code></h1><p class=\"sub\">{} — HTTP {}</p><p>{}</p>{members}\
+            "<h1><code>{}</code></h1><p class=\"sub\">{} — HTTP {}</p><p>{}</p>{members}{lines}\
              <p>Every problem also carries <code>request_id</code>, the same value as the \
              <code>x-request-id</code> response header. <a href=\"/problems\">All problem types</a>.</p>",
             code.code,

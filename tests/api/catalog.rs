@@ -160,6 +160,20 @@ async fn the_demo_seed_shows_a_ranking_at_once_and_every_invariant_holds() {
     for user in 1..=20 {
         app.assert_points_conserved(user).await;
     }
+    // Orders of several products among them, each paid by one payment of its rows' total.
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM orders WHERE line_count = 3 AND status = 'PAID'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM payments p WHERE p.amount <> (SELECT SUM(o.total_amount) \
+             FROM orders o WHERE o.id = p.order_id OR o.parent_id = p.order_id)"
+        )
+        .await,
+        0
+    );
     // A second start does not seed again.
     assert!(!commerce_api::seed::demo_if_empty(&app.state.db, size)
         .await
