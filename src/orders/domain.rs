@@ -72,16 +72,23 @@ impl Lines {
                 "items must have between 1 and {max} lines"
             )));
         }
-        let mut seen: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
-        for (i, line) in asked.iter().enumerate() {
-            if let Some(first) = seen.insert(line.product_id, i) {
+        // Sorted by product, a product named twice sits next to itself (no map, and no
+        // allocation at all for the one-line orders of a flash sale).
+        let mut lines = asked;
+        if lines.len() > 1 {
+            let mut order: Vec<(i64, usize)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.product_id, i))
+                .collect();
+            order.sort_unstable();
+            if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+                let (product, first, second) = (pair[0].0, pair[0].1, pair[1].1);
                 return Err(AppError::Validation(format!(
-                    "items[{first}] and items[{i}] are both product {}: order each product once, with the quantity you want",
-                    line.product_id
+                    "items[{first}] and items[{second}] are both product {product}: order each product once, with the quantity you want"
                 )));
             }
         }
-        let mut lines = asked;
         lines.sort_unstable_by_key(|l| l.product_id);
         Ok(Self(lines))
     }

@@ -11,7 +11,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::{
-    helpers::{spawn_app, spawn_sharing, spawn_with, until, Reply, TestApp},
+    helpers::{
+        hold_row, spawn_app, spawn_sharing, spawn_with, until, until_running, Reply,
+        ServiceProcess, TestApp,
+    },
     redis_cluster::RedisCluster,
 };
 
@@ -798,4 +801,73 @@ async fn the_reconciler_rebuilds_products_that_have_lines_in_orders_of_several_p
         app.assert_redis_matches_mysql(p).await;
     }
     assert_eq!(app.redis_stock(b).await.0, Some(10));
+}
+
+/// L5: the instance dies between two lines' reservations. Product b's key is gone from
+/// Redis and its row is held by the test, so the cart's second reservation waits on the
+/// rebuild (a shared lock on b's row) while its first, of a, is in flight; the process is
+/// killed then. Nothing reaches MySQL, and a's reservation is given back by its deadline:
+/// Redis agrees with MySQL again without anyone's help but the reconciler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn l5_an_instance_killed_between_two_reservations_leaves_nothing_past_the_deadline() {
+    let app = spawn_app().await;
+    let (a, b) = (
+        product(&app, 10, json!({})).await,
+        product(&app, 10, json!({})).await,
+    );
+    let (user, token) = app.funded_user(2_000).await;
+    app.state.stock.sync(&[a]).await.unwrap();
+    let mut child = ServiceProcess::start(&app, &[("RESERVATION_HOLD_MS", "1000")]).await;
+    let key = format!("{}{{p{b}}}", app.config.redis_prefix);
+    app.redis_cmd::<i64>(redis::cmd("DEL").arg(&key)).await;
+    let lock = hold_row(&app, "products", b).await;
+    let cart = {
+        let (base, body) = (
+            child.base.clone(),
+            body(user, &[(a, 2, PRICE), (b, 1, PRICE)]),
+        );
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/orders"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    // The second line's rebuild waits on b's row: the first line's units are in flight.
+    until_running(
+        &app,
+        "SELECT id, stock - reserved, sold, per_user_limit FROM products",
+        1,
+    )
+    .await;
+    assert_eq!(
+        app.redis_stock(a).await.3,
+        1,
+        "a's reservation is in flight"
+    );
+    child.kill();
+    lock.rollback().await.unwrap();
+    assert!(
+        cart.await.expect("the cart's task").is_err(),
+        "the cart died without an answer"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    let restarted =
+        spawn_sharing(&app, |c| c.reconcile_interval = Duration::from_millis(300)).await;
+    restarted
+        .eventually_redis_matches_mysql(a, Duration::from_secs(5))
+        .await;
+    assert_eq!(app.redis_stock(a).await.0, Some(10));
+    // The units are there for the next buyer, whole.
+    order_lines(
+        &restarted,
+        user,
+        &restarted.token(user),
+        &[(a, 10, PRICE), (b, 1, PRICE)],
+    )
+    .await
+    .assert_status(201);
 }
