@@ -374,34 +374,40 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
     let client = reqwest::Client::new();
 
     let done = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = buyers
-        .iter()
-        .map(|(user, token)| {
-            let (client, base, token, done) =
-                (client.clone(), base.clone(), token.clone(), done.clone());
-            let body = json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
-            tokio::spawn(async move {
-                let sent = client
-                    .post(format!("{base}/v1/orders"))
-                    .bearer_auth(token)
-                    .json(&body)
-                    .send()
-                    .await;
-                done.fetch_add(1, Ordering::SeqCst);
-                match sent {
-                    Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
-                    Err(_) => None,
-                }
+    let spawn_buyers = |buyers: &[(i64, String)]| -> Vec<_> {
+        buyers
+            .iter()
+            .map(|(user, token)| {
+                let (client, base, token, done) =
+                    (client.clone(), base.clone(), token.clone(), done.clone());
+                let body =
+                    json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
+                tokio::spawn(async move {
+                    let sent = client
+                        .post(format!("{base}/v1/orders"))
+                        .bearer_auth(token)
+                        .json(&body)
+                        .send()
+                        .await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    match sent {
+                        Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+                        Err(_) => None,
+                    }
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    // A first wave of 100 orders answered, then the product's row held by the test, then
+    // the other 300 sent: reservations certainly in flight — the next batch has its units
+    // taken in Redis and waits in MySQL; the process dies then.
+    let mut tasks = spawn_buyers(&buyers[..100]);
     at_least(Duration::from_secs(30), "100 orders answered", 100, || {
         done.load(Ordering::SeqCst)
     })
     .await;
-    // Reservations certainly in flight: with the product's row held by the test, the next
-    // batch has its units taken in Redis and waits in MySQL; the process dies then.
     let lock = hold_row(&app, "products", product).await;
+    tasks.extend(spawn_buyers(&buyers[100..]));
     until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
     child.kill();
     lock.rollback().await.unwrap();
