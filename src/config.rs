@@ -290,8 +290,12 @@ impl Config {
                             format!("TRUSTED_PROXIES={list}: {p} is not an address or a CIDR such as 10.0.0.0/8")
                         })
                 })
-                .collect::<anyhow::Result<_>>()?,
+                .collect::<anyhow::Result<Vec<ipnet::IpNet>>>()?,
         };
+        // Trusting every address lets any client name its own rate-limit bucket.
+        if let Some(all) = trusted_proxies.iter().find(|n| n.prefix_len() == 0) {
+            bail!("TRUSTED_PROXIES={all} trusts every address: name the load balancers' addresses");
+        }
         let ops_bind_addr = get("OPS_BIND_ADDR")
             .map(|a| a.parse().context("OPS_BIND_ADDR must be host:port"))
             .transpose()?;
@@ -436,9 +440,13 @@ mod tests {
         ("BIND_ADDR", "localhost", &[]),
         ("OPS_BIND_ADDR", "9080", &[]),
         ("TRUSTED_PROXIES", "10.0.0.0/33", &[]),
+        ("TRUSTED_PROXIES", "0.0.0.0/0", &[]),
+        ("TRUSTED_PROXIES", "10.0.0.1,::/0", &[]),
         ("HEADER_READ_TIMEOUT_MS", "99", &[]),
         ("MAX_CONNECTIONS", "0", &[]),
         ("CHECKOUT_QUEUE_MAX", "1000001", &[]),
+        ("MAX_ORDER_LINES", "0", &[]),
+        ("MAX_ORDER_LINES", "101", &[]),
         ("ADMIN_TOKEN", "short", &[]),
         ("AUTH_JWT_SECRET", "too-short", &[]),
         ("AUTH_TOKEN_TTL_SECS", "0", &[]),

@@ -153,6 +153,10 @@ pub enum AppError {
     BalanceLimitExceeded { balance: i64, max_balance: i64 },
     #[error("only {available} left, {requested} requested")]
     OutOfStock { available: i64, requested: i64 },
+    /// OUT_OF_STOCK while other orders' reservations are still being written: their units
+    /// may come back, so the refusal is not final (not kept under a key; Retry-After).
+    #[error("only {available} left, {requested} requested; units held by orders being placed may come back")]
+    OutOfStockForNow { available: i64, requested: i64 },
     #[error("the price is now {current}, not {seen}")]
     PriceMismatch { seen: i64, current: i64 },
     #[error("{available} of the balance {balance} is available, {required} is required")]
@@ -237,6 +241,13 @@ impl AppError {
                 available: *available,
                 requested: *requested,
             },
+            &OutOfStockForNow {
+                available,
+                requested,
+            } => OutOfStockForNow {
+                available,
+                requested,
+            },
             &InsufficientPoints {
                 balance,
                 required,
@@ -280,7 +291,13 @@ impl AppError {
     pub fn is_kept(&self) -> bool {
         match self {
             AppError::Lines { first, .. } => first.is_kept(),
-            other => other.is_client_error() && !matches!(other, AppError::SaleNotStarted { .. }),
+            other => {
+                other.is_client_error()
+                    && !matches!(
+                        other,
+                        AppError::SaleNotStarted { .. } | AppError::OutOfStockForNow { .. }
+                    )
+            }
         }
     }
 
@@ -298,7 +315,7 @@ impl AppError {
             NotFound(_) => &code::NOT_FOUND,
             MethodNotAllowed => &code::METHOD_NOT_ALLOWED,
             BalanceLimitExceeded { .. } => &code::BALANCE_LIMIT_EXCEEDED,
-            OutOfStock { .. } => &code::OUT_OF_STOCK,
+            OutOfStock { .. } | OutOfStockForNow { .. } => &code::OUT_OF_STOCK,
             PriceMismatch { .. } => &code::PRICE_MISMATCH,
             InsufficientPoints { .. } => &code::INSUFFICIENT_POINTS,
             PurchaseLimitReached { .. } => &code::PURCHASE_LIMIT_REACHED,
@@ -375,6 +392,14 @@ impl AppError {
             } => {
                 problem.available = Some(available.max(0));
                 problem.requested = Some(requested);
+            }
+            OutOfStockForNow {
+                available,
+                requested,
+            } => {
+                problem.available = Some(available.max(0));
+                problem.requested = Some(requested);
+                problem.retry_header = Some(1);
             }
             InsufficientPoints {
                 balance,

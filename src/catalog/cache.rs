@@ -200,12 +200,27 @@ impl CatalogCache {
         }
         count("page", "miss");
         let tagged = Tagged::new(render().await?);
-        let rendered = Rendered {
-            generation,
-            tagged: tagged.clone(),
-        };
-        self.pages.insert(page, rendered).await;
+        // A page past the last one is answered but not kept: each would be an entry of
+        // its own, and there is no end to them.
+        let last = self
+            .store
+            .read(|products| (products.len() as i64 + PAGE_SIZE - 1) / PAGE_SIZE)
+            .unwrap_or(0)
+            .max(1);
+        if page <= last {
+            let rendered = Rendered {
+                generation,
+                tagged: tagged.clone(),
+            };
+            self.pages.insert(page, rendered).await;
+        }
         Ok(tagged)
+    }
+
+    /// How many rendered pages are kept now.
+    pub async fn pages_kept(&self) -> u64 {
+        self.pages.run_pending_tasks().await;
+        self.pages.entry_count()
     }
 
     /// The best sellers of a window as JSON.

@@ -202,7 +202,7 @@ pub struct LockedLines {
 fn precedence(e: &AppError) -> u8 {
     match e {
         AppError::SaleNotStarted { .. } | AppError::SaleEnded { .. } => 0,
-        AppError::OutOfStock { .. } => 1,
+        AppError::OutOfStock { .. } | AppError::OutOfStockForNow { .. } => 1,
         AppError::PurchaseLimitReached { .. } => 2,
         AppError::PriceMismatch { .. } => 3,
         _ => 4,

@@ -79,11 +79,21 @@ impl Checkout {
                 .reserve(line.product_id, user_id, quantity, &hold)
                 .await
             {
-                Gate::Refused { available } => failing.push((
+                Gate::Refused {
+                    available,
+                    in_flight,
+                } => failing.push((
                     line.product_id,
-                    AppError::OutOfStock {
-                        available,
-                        requested: quantity,
+                    if in_flight {
+                        AppError::OutOfStockForNow {
+                            available,
+                            requested: quantity,
+                        }
+                    } else {
+                        AppError::OutOfStock {
+                            available,
+                            requested: quantity,
+                        }
                     },
                 )),
                 Gate::LimitReached { limit, held } => failing.push((

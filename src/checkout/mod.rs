@@ -35,7 +35,7 @@ use crate::{
     db,
     error::AppError,
     idempotency::{self, Claim, IdempotencyKey, Outcome},
-    orders::domain::OrderView,
+    orders::domain::{check_price, OrderView},
     payments::domain::PaymentView,
     stock::{Finish, Gate, Hold, StockGate},
 };
@@ -48,6 +48,10 @@ const PLACED_REMEMBERED: u64 = 50_000;
 const PREWARM_LEAD: Duration = Duration::from_secs(60);
 /// How often upcoming sales are looked for.
 const PREWARM_EVERY: Duration = Duration::from_secs(1);
+/// The longest a buyer refused only because of reservations in flight waits for them to
+/// end (see [`StockGate::reserve_when_settled`]); then "out of stock for now", not kept,
+/// with Retry-After. A batch commits in milliseconds: this covers a slow one.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 /// The checkout of an instance: its per-product batches.
 #[derive(Clone)]
@@ -64,6 +68,8 @@ struct Engine {
     placed: moka::future::Cache<i64, (Option<i64>, i64)>,
     /// Batches this instance had to run again (a deadlock or lock timeout).
     retries: std::sync::atomic::AtomicU64,
+    /// Batches this instance ran (each one MySQL transaction, or more when retried).
+    batches: std::sync::atomic::AtomicU64,
     db: MySqlPool,
     stock: StockGate,
     ranking: Ranking,
@@ -102,6 +108,7 @@ impl Checkout {
                 .time_to_live(limits.order_ttl)
                 .build(),
             retries: Default::default(),
+            batches: Default::default(),
             db,
             stock,
             ranking,
@@ -132,35 +139,77 @@ impl Checkout {
     ) -> Result<Outcome<OrderView, ()>, AppError> {
         caller.act_for(order.user_id)?;
         let claim = key.claim(caller.scope("order"), body, axum::http::StatusCode::CREATED)?;
-        let known = match self.engine.catalog.product(order.product_id).await {
-            Ok(product) => product.window().check(db::now()),
-            Err(AppError::ProductNotFound) => Err(AppError::ProductNotFound),
+        let price = match self.engine.catalog.product(order.product_id).await {
+            Ok(product) => match product.window().check(db::now()) {
+                Ok(()) => product.price,
+                // Not kept under a key (it says when to come back), so it costs no MySQL
+                // either: a crowd polling before the start never reaches the primary.
+                Err(refusal @ AppError::SaleNotStarted { .. }) => {
+                    metrics::counter!("orders_total", "outcome" => refusal.code().code)
+                        .increment(1);
+                    return Err(refusal);
+                }
+                Err(refusal) => {
+                    metrics::counter!("orders_total", "outcome" => refusal.code().code)
+                        .increment(1);
+                    return self.refuse_in_batch(order.product_id, claim, refusal).await;
+                }
+            },
+            // No product, no batch to join.
+            Err(refusal @ AppError::ProductNotFound) => {
+                metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
+                return self.refuse(claim.as_ref(), refusal).await;
+            }
             Err(e) => return Err(e),
         };
-        if let Err(refusal) = known {
-            metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
-            return match refusal {
-                // No product, no batch to join.
-                AppError::ProductNotFound => self.refuse(claim.as_ref(), refusal).await,
-                _ => self.refuse_in_batch(order.product_id, claim, refusal).await,
-            };
-        }
         let hold = Hold::new();
         let quantity = order.quantity.get();
-        let refusal = match self
-            .engine
-            .stock
-            .reserve(order.product_id, order.user_id, quantity, &hold)
-            .await
-        {
-            Gate::Refused { available } => Some(AppError::OutOfStock {
+        let stock = &self.engine.stock;
+        let gate = stock
+            .reserve_when_settled(
+                order.product_id,
+                order.user_id,
+                quantity,
+                &hold,
+                IN_FLIGHT_WAIT,
+            )
+            .await;
+        let refusal = match gate {
+            Gate::Refused {
+                available,
+                in_flight: false,
+            } => Some(AppError::OutOfStock {
+                available,
+                requested: quantity,
+            }),
+            Gate::Refused {
+                available,
+                in_flight: true,
+            } => Some(AppError::OutOfStockForNow {
                 available,
                 requested: quantity,
             }),
             Gate::LimitReached { limit, held } => {
                 Some(AppError::PurchaseLimitReached { limit, held })
             }
-            Gate::Reserved | Gate::Bypass => None,
+            // The price this instance knows, checked once the units are held (stock and
+            // the limit come first in SPEC's order): a buyer at a wrong price gives them
+            // back now instead of holding them while its job waits in the batch.
+            Gate::Reserved | Gate::Bypass => match check_price(order.price, price) {
+                Ok(()) => None,
+                Err(refusal) => {
+                    if gate == Gate::Reserved {
+                        stock
+                            .finish(
+                                order.product_id,
+                                std::slice::from_ref(&hold),
+                                Finish::Abandoned,
+                            )
+                            .await;
+                    }
+                    Some(refusal)
+                }
+            },
         };
         if let Some(refusal) = refusal {
             metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
@@ -222,6 +271,14 @@ impl Checkout {
     /// The most lines an order may have (`MAX_ORDER_LINES`).
     pub fn max_lines(&self) -> usize {
         self.engine.max_lines
+    }
+
+    /// How many batches this instance ran, since start (its own count, whatever else
+    /// runs in the process: tests read it).
+    pub fn batches(&self) -> u64 {
+        self.engine
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many batches ran again after a deadlock or lock timeout, since start.
@@ -328,6 +385,8 @@ impl Engine {
     /// One batch of `product_id`: commit, then (in a task of its own) Redis and each job's
     /// answer.
     async fn run(self: &Arc<Self>, product_id: i64, pending: Vec<Pending<Job, Answer>>) {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         let committed = store::commit(&self.db, product_id, &pending, self.order_ttl).await;
         metrics::histogram!("checkout_batch_duration_seconds")

@@ -62,10 +62,9 @@ async fn sweep_in(tx: &mut MySqlConnection) -> Result<Vec<Order>, AppError> {
     // (a payment, a cancel, another sweeper), then its further lines, which only the
     // holder of the order's own row ever locks — so an order expires whole or not at all.
     let mut overdue: Vec<Order> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'PENDING' AND expires_at <= ? \
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'PENDING' AND expires_at <= UTC_TIMESTAMP(6) \
          AND parent_id IS NULL ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
     ))
-    .bind(db::now())
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;

@@ -204,9 +204,12 @@ async fn refund_in(
     order_id: i64,
     window: chrono::Duration,
 ) -> Result<(OrderView, Refunded), AppError> {
-    let now = db::now();
-    // 1. the order's rows
+    // 1. the order's rows, and MySQL's clock: the window runs from `paid_at`, which the
+    // payment's batch took from MySQL's clock too (one clock per decision).
     let mut rows = lock(tx, caller, order_id).await?;
+    let now: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+        .fetch_one(&mut *tx)
+        .await?;
     let order = rows[0].clone();
     let next = order.status.refund(order.paid_at, now, window)?;
     let paid_at = order

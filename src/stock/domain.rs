@@ -35,8 +35,10 @@ impl Default for Hold {
 pub enum Gate {
     /// Redis took the units; the order must now be written (or the units given back).
     Reserved,
-    /// Not enough available: refused without touching MySQL.
-    Refused { available: i64 },
+    /// Not enough available: refused without touching MySQL. `in_flight`: other
+    /// reservations are still being written, and their units may come back (their orders
+    /// refused by MySQL), so the refusal is not final.
+    Refused { available: i64, in_flight: bool },
     /// The buyer already holds `held` units and the product allows `limit` per customer:
     /// refused without touching MySQL.
     LimitReached { limit: i64, held: i64 },
@@ -50,7 +52,7 @@ pub enum Gate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReserveReply {
     Reserved,
-    Refused { available: i64 },
+    Refused { available: i64, in_flight: i64 },
     LimitReached { limit: i64, held: i64 },
     Missing,
 }
@@ -59,7 +61,14 @@ impl ReserveReply {
     pub fn parse(reply: Vec<i64>) -> Self {
         match reply.as_slice() {
             [1, ..] => Self::Reserved,
-            [0, avail, ..] => Self::Refused { available: *avail },
+            [0, avail, in_flight, ..] => Self::Refused {
+                available: *avail,
+                in_flight: *in_flight,
+            },
+            [0, avail] => Self::Refused {
+                available: *avail,
+                in_flight: 0,
+            },
             [2, held, limit, ..] => Self::LimitReached {
                 limit: *limit,
                 held: *held,
@@ -208,8 +217,11 @@ mod tests {
     fn reserve_replies_map_to_outcomes() {
         assert_eq!(ReserveReply::parse(vec![1, 4]), ReserveReply::Reserved);
         assert_eq!(
-            ReserveReply::parse(vec![0, 2]),
-            ReserveReply::Refused { available: 2 }
+            ReserveReply::parse(vec![0, 2, 3]),
+            ReserveReply::Refused {
+                available: 2,
+                in_flight: 3
+            }
         );
         assert_eq!(
             ReserveReply::parse(vec![2, 1, 1]),

@@ -1,9 +1,93 @@
 //! The stock gate's calls on a request's path: reserve units for a new order, settle a
 //! reservation once its order is written, finish reservations whose orders ended.
 
-use super::{domain::ReserveReply, Finish, Gate, Hold, StockGate};
+use std::time::Duration;
+
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
+
+use super::{domain::ReserveReply, Finish, Gate, Hold, Live, LiveChange, StockGate};
+
+/// How often a buyer waiting on reservations in flight asks the gate again when no change
+/// of the product's figures woke it first (a settle changes none).
+const IN_FLIGHT_RECHECK: Duration = Duration::from_millis(200);
+
+/// Counts a waiting buyer for as long as it waits.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl StockGate {
+    /// [`Self::reserve`], except that a refusal caused only by reservations in flight
+    /// (their orders being written; MySQL may refuse them and give their units back) is
+    /// not the answer yet: the buyer waits, up to `wait`, for the product's figures to show
+    /// units or for nothing to be in flight any more, asking the gate again each time. A
+    /// buyer who cannot pay (no points, a wrong price) thus cannot make one who can hear
+    /// "sold out" while the first one's order is judged. Past `wait` the refusal comes back
+    /// still marked in flight (not final).
+    pub async fn reserve_when_settled(
+        &self,
+        product_id: i64,
+        user_id: i64,
+        quantity: i64,
+        hold: &Hold,
+        wait: Duration,
+    ) -> Gate {
+        let gate = self.reserve(product_id, user_id, quantity, hold).await;
+        if !matches!(
+            gate,
+            Gate::Refused {
+                in_flight: true,
+                ..
+            }
+        ) || wait.is_zero()
+        {
+            return gate;
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        let deadline = Instant::now() + wait;
+        let mut changes = self.changes();
+        let mut gate = gate;
+        while Instant::now() < deadline {
+            let until = (Instant::now() + IN_FLIGHT_RECHECK).min(deadline);
+            // Until the product shows units again, the recheck, or the deadline.
+            loop {
+                match tokio::time::timeout_at(until, changes.recv()).await {
+                    Ok(Ok(LiveChange::Product(p))) if p == product_id => {
+                        match self.live(product_id).await {
+                            Live::Counter { avail, .. } if avail < quantity => continue,
+                            _ => break,
+                        }
+                    }
+                    Ok(Ok(LiveChange::Product(_))) => continue,
+                    Ok(Ok(LiveChange::All) | Err(RecvError::Lagged(_))) => break,
+                    Ok(Err(RecvError::Closed)) | Err(_) => break,
+                }
+            }
+            gate = self.reserve(product_id, user_id, quantity, hold).await;
+            if !matches!(
+                gate,
+                Gate::Refused {
+                    in_flight: true,
+                    ..
+                }
+            ) {
+                return gate;
+            }
+        }
+        gate
+    }
+
+    /// Buyers waiting on reservations in flight right now (tests and operators watch it).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Tries to take `quantity` units for `hold`, ordered by `user_id`.
     pub async fn reserve(&self, product_id: i64, user_id: i64, quantity: i64, hold: &Hold) -> Gate {
         if !self.enabled {
@@ -11,7 +95,13 @@ impl StockGate {
         }
         if let Some(memory) = &self.sold_out {
             if memory.contains_key(&product_id) {
-                return outcome(Gate::Refused { available: 0 }, "sold_out_local");
+                return outcome(
+                    Gate::Refused {
+                        available: 0,
+                        in_flight: false,
+                    },
+                    "sold_out_local",
+                );
             }
         }
         // The Redis call and the rebuild are boxed: their futures are ~14 KB, and inline
@@ -35,8 +125,13 @@ impl StockGate {
             }
             match reply.map(ReserveReply::parse) {
                 Ok(ReserveReply::Reserved) => return outcome(Gate::Reserved, "reserved"),
-                Ok(ReserveReply::Refused { available }) => {
-                    if available <= 0 {
+                Ok(ReserveReply::Refused {
+                    available,
+                    in_flight,
+                }) => {
+                    // Sold out for good only once no reservation is in flight: units held
+                    // by orders being written come back if MySQL refuses those orders.
+                    if available <= 0 && in_flight == 0 {
                         if let Some(memory) = &self.sold_out {
                             memory.insert(product_id, ()).await;
                         }
@@ -44,8 +139,13 @@ impl StockGate {
                     return outcome(
                         Gate::Refused {
                             available: available.max(0),
+                            in_flight: in_flight > 0,
                         },
-                        "sold_out",
+                        if in_flight > 0 {
+                            "refused_in_flight"
+                        } else {
+                            "sold_out"
+                        },
                     );
                 }
                 Ok(ReserveReply::LimitReached { limit, held }) => {
@@ -75,6 +175,7 @@ impl StockGate {
             return;
         }
         let mut call = self.scripts.settle.key(self.product_key(product_id));
+        call.key(self.graves_key(product_id));
         for (hold, quantity, user) in holds {
             call.arg(hold.as_str()).arg(*quantity).arg(*user);
         }
@@ -102,8 +203,14 @@ impl StockGate {
             return;
         }
         let mut call = self.scripts.finish.key(self.product_key(product_id));
-        call.arg(how.field())
-            .arg(self.hold_window.as_millis() as u64);
+        // A tombstone only where a settle may still come: never for an order never written.
+        let keep = match how {
+            Finish::Abandoned => 0,
+            _ => self.hold_window.as_millis() as u64,
+        };
+        call.key(self.graves_key(product_id))
+            .arg(how.field())
+            .arg(keep);
         for hold in holds {
             call.arg(hold.as_str());
         }

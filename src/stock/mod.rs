@@ -8,8 +8,9 @@
 //! stock check still decides, and Redis is rebuilt from MySQL whenever it lost a key. Every
 //! product lives in one hash, `<prefix>{p<id>}`: `avail` (MySQL stock − reserved −
 //! in-flight), `sold`, `r:<hold>` = `"q:deadline_ms:user"` for reservations whose order is
-//! being written, `h:<hold>` = `"q:user"` for PENDING orders, and short-lived tombstones
-//! `x:<hold>` for reservations that ended before they were settled. A product with a
+//! being written, `h:<hold>` = `"q:user"` for PENDING orders; beside it, in the same slot,
+//! `<prefix>{p<id>}:x`, the short-lived tombstones of reservations whose order ended before
+//! they were settled (a sorted set that prunes itself and expires when idle). A product with a
 //! per-customer limit (SPEC F2) also has `limit` and `u:<user>` = the units the user holds
 //! (PENDING, PAID, in flight), checked and counted by the same script that takes the units.
 //!
@@ -88,6 +89,8 @@ pub struct Shared {
     dirty: Mutex<Dirty>,
     /// Keys this instance rebuilt because a buyer found them missing.
     rebuilt: std::sync::atomic::AtomicU64,
+    /// Buyers waiting on reservations in flight ([`StockGate::reserve_when_settled`]).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::ops::Deref for StockGate {
@@ -132,6 +135,7 @@ impl StockGate {
                 }),
                 dirty: Mutex::default(),
                 rebuilt: Default::default(),
+                waiting: Default::default(),
                 live: LiveFigures::default(),
                 live_asked: Default::default(),
             }),
@@ -159,6 +163,12 @@ impl StockGate {
     /// The key of a product's hash.
     pub fn product_key(&self, product_id: i64) -> String {
         self.redis.key(&domain::product_tag(product_id))
+    }
+
+    /// The key of a product's tombstones: holds ended before they were settled, scored by
+    /// when they stop mattering (in the product's slot).
+    pub fn graves_key(&self, product_id: i64) -> String {
+        format!("{}:x", self.product_key(product_id))
     }
 }
 

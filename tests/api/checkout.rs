@@ -266,11 +266,6 @@ async fn a_batch_of_mixed_requests_answers_each_on_its_own() {
         ),
         (json!({"order_id": expired}), None, "/v1/payments"),
         (
-            json!({"user_id": user, "product_id": product, "quantity": 1, "price": 90}),
-            None,
-            "/v1/orders",
-        ),
-        (
             json!({"user_id": user, "product_id": product, "quantity": 2, "price": 100}),
             None,
             "/v1/orders",
@@ -280,6 +275,16 @@ async fn a_batch_of_mixed_requests_answers_each_on_its_own() {
         batch.push(send(&app, path, &token, body, key));
         until_queued(&app, product, batch.len()).await; // arrival order is fixed
     }
+    // A price this instance knows to be wrong never reaches the batch: answered while the
+    // row is held (issue 26; the batch still judges the price, for a stale copy).
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.order(user, &token, product, 1, 90),
+    )
+    .await
+    .expect("a wrong price is answered without the batch");
+    wrong.assert_problem(409, "PRICE_MISMATCH");
+    assert_eq!(wrong.body["current_price"], 100);
     lock.rollback().await.unwrap();
     in_flight.await.unwrap().assert_status(201);
     let r: Vec<Reply> = join_all(batch)
@@ -292,10 +297,8 @@ async fn a_batch_of_mixed_requests_answers_each_on_its_own() {
     assert_eq!(r[1].assert_status(201), &first);
     assert_eq!(r[1].headers["idempotent-replayed"], "true");
     r[2].assert_problem(409, "ORDER_NOT_PAYABLE");
-    r[3].assert_problem(409, "PRICE_MISMATCH");
-    assert_eq!(r[3].body["current_price"], 100);
-    assert_eq!(r[4].assert_status(201)["quantity"], 2);
-    assert_eq!(r[5].assert_status(201)["order_id"], good);
+    assert_eq!(r[3].assert_status(201)["quantity"], 2);
+    assert_eq!(r[4].assert_status(201)["order_id"], good);
     assert_eq!(
         app.count(&format!(
             "SELECT COUNT(*) FROM payments WHERE order_id = {keyed}"

@@ -465,6 +465,46 @@ fn docker_compose_ships_no_secret_and_publishes_only_haproxy() {
     let compose = include_str!("../../docker-compose.yml");
     assert!(compose.contains("ADMIN_TOKEN: ${ADMIN_TOKEN:?"));
     assert!(compose.contains("AUTH_JWT_SECRET: ${AUTH_JWT_SECRET:?"));
+    // Every password from the environment, required, with no default (issue 26).
+    for line in compose.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let lower = line.to_ascii_lowercase();
+        for secret in ["password", "mysql://"] {
+            if lower.contains(secret) {
+                assert!(
+                    line.contains("${") || line.contains("$$"),
+                    "a password written out in docker-compose.yml: {line}"
+                );
+                assert!(!line.contains(":-"), "a default password: {line}");
+            }
+        }
+    }
+    for (name, needle) in [
+        (
+            "MYSQL_ROOT_PASSWORD",
+            "MYSQL_ROOT_PASSWORD: ${MYSQL_ROOT_PASSWORD:?",
+        ),
+        ("MYSQL_PASSWORD", "MYSQL_PASSWORD: ${MYSQL_PASSWORD:?"),
+        (
+            "MYSQL_REPL_PASSWORD",
+            "MYSQL_REPL_PASSWORD: ${MYSQL_REPL_PASSWORD:?",
+        ),
+        ("GRAFANA_ADMIN_PASSWORD", "${GRAFANA_ADMIN_PASSWORD:?"),
+    ] {
+        assert!(
+            compose.contains(needle),
+            "{name} is not required from the environment"
+        );
+    }
+    // The instances trust exactly the balancer's fixed address, not its network.
+    let trusted = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TRUSTED_PROXIES: "))
+        .expect("TRUSTED_PROXIES");
+    let fixed = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ipv4_address: "))
+        .expect("the balancer's fixed address");
+    assert_eq!(trusted, format!("{fixed}/32"));
     let published: Vec<&str> = compose
         .lines()
         .filter(|l| l.trim_start().starts_with("ports:"))

@@ -485,7 +485,17 @@ async fn f3_the_batch_judges_the_window_by_mysqls_clock() {
     // batch refuses by MySQL's clock all the same.
     let app = spawn_app().await;
     let (user, token) = app.funded_user(10_000).await;
+    let store = &app.state.catalog.cache.store;
+    let refreshed = store.refreshes();
     let product = app.create_product(100, 10).await;
+    // The creation's invalidation and its repetition, each heard back from the channel,
+    // have reloaded the row: nothing reloads it now.
+    until(
+        Duration::from_secs(5),
+        "the creation's four refreshes",
+        || async { store.refreshes() >= refreshed + 4 },
+    )
+    .await;
     sqlx::query(
         "UPDATE products SET sale_starts_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE id = ?",
     )
@@ -493,8 +503,17 @@ async fn f3_the_batch_judges_the_window_by_mysqls_clock() {
     .execute(&app.db)
     .await
     .unwrap();
+    let batches = app.state.checkout.batches();
     let r = app.order(user, &token, product, 1, 100).await;
     r.assert_problem(409, "SALE_NOT_STARTED");
+    // The instance's copy has no window: the refusal came from the batch, by MySQL's clock.
+    let copy = store.get(product).expect("the product in the catalog copy");
+    assert_eq!(copy.sale_starts_at, None);
+    assert_eq!(
+        app.state.checkout.batches(),
+        batches + 1,
+        "one batch judged it"
+    );
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((3500..=3600).contains(&retry), "Retry-After {retry}");
     assert_eq!(app.product_row(product).await, (10, 10, 0, 0));

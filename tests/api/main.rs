@@ -1,6 +1,7 @@
 //! Integration tests: the real app on a random port, against real MariaDB and Redis.
 //! One binary for all of them keeps build times down.
 
+mod attack;
 mod auth;
 mod bad_input;
 mod catalog;

@@ -4,18 +4,24 @@
 -- a second call (a cancel racing the sweeper) finds nothing and moves nothing.
 -- Units back to 'avail' also leave their user's count under a per-customer limit; paid
 -- units stay counted (a PAID order holds its units for the limit).
--- Ending a reservation that was never settled leaves a tombstone x:<hold> (until ARGV[2]
--- ms from now), so that a late settle does not take the units again.
+-- Ending a reservation that was never settled leaves a tombstone (the hold in KEYS[2], a
+-- sorted set scored by its end, ARGV[2] ms from now), so that a late settle of its order
+-- does not take the units again; ARGV[2] = 0 (an order never written, which no settle
+-- will ever follow) leaves none. Tombstones past their end are removed by every call, and
+-- the set itself expires when idle: they never pile up, whatever the traffic.
 -- Returns {units moved, avail after} ({0, -1} without a counter), and the published
 -- figures when units moved.
 local key = KEYS[1]
+local graves = KEYS[2]
 if redis.call('HEXISTS', key, 'avail') == 0 then
   return {0, -1}
 end
+local keep = tonumber(ARGV[2])
 local back = ARGV[1] == 'avail' and redis.call('HEXISTS', key, 'limit') == 1
 local moved = 0
 local t = redis.call('TIME')
-local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now_ms + keep
 for i = 3, #ARGV do
   local hold = ARGV[i]
   local field = 'h:' .. hold
@@ -34,7 +40,10 @@ for i = 3, #ARGV do
     local q = tonumber(string.match(value, '^(%d+)'))
     redis.call('HDEL', key, field)
     if string.sub(field, 1, 2) == 'r:' then
-      redis.call('HSET', key, 'x:' .. hold, string.format('%d', until_ms))
+      if keep > 0 then
+        redis.call('ZADD', graves, until_ms, hold)
+        redis.call('PEXPIRE', graves, keep)
+      end
       redis.call('HINCRBY', key, 'nr', -1)
     else
       redis.call('HINCRBY', key, 'nh', -1)
@@ -47,6 +56,7 @@ for i = 3, #ARGV do
     moved = moved + q
   end
 end
+redis.call('ZREMRANGEBYSCORE', graves, '-inf', now_ms)
 if moved > 0 then
   redis.call('HINCRBY', key, ARGV[1], moved)
   return with_live({moved, tonumber(redis.call('HGET', key, 'avail'))}, publish_live(key))

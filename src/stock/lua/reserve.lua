@@ -6,8 +6,9 @@
 -- With a per-customer limit (the field 'limit', written from MySQL by sync.lua) the user's
 -- units (PENDING, PAID and in flight) are checked and counted in this same call, so two
 -- orders of one user can never both pass it.
--- Returns {1, avail_after, <published: avail, sold, version>} reserved, {0, avail} refused
--- for stock, {2, held, limit} refused by the limit, {-1, 0} key missing (rebuild).
+-- Returns {1, avail_after, <published: avail, sold, version>} reserved, {0, avail, nr}
+-- refused for stock (nr: reservations in flight, whose units may still come back), {2,
+-- held, limit} refused by the limit, {-1, 0} key missing (rebuild).
 local key = KEYS[1]
 local avail = redis.call('HGET', key, 'avail')
 if not avail then
@@ -16,7 +17,7 @@ end
 avail = tonumber(avail)
 local q = tonumber(ARGV[2])
 if avail < q then
-  return {0, avail}
+  return {0, avail, tonumber(redis.call('HGET', key, 'nr') or '0')}
 end
 local user = ARGV[4]
 local limit = redis.call('HGET', key, 'limit')

@@ -3,8 +3,8 @@
 -- An in-flight reservation becomes a held one. When Redis never saw the reservation (the
 -- order took the MySQL path, or the key was rebuilt in between) the units are taken now,
 -- and counted to the user under a per-customer limit, so Redis again agrees with MySQL;
--- unless the reservation has already ended (a tombstone x:<hold>: the order expired or
--- was paid before this call). Without a counter there is nothing to settle: the next
+-- unless the reservation has already ended (a tombstone of the hold in KEYS[2], or an
+-- x:<hold> field of older versions: the order expired or was paid before this call). Without a counter there is nothing to settle: the next
 -- reservation builds it from MySQL.
 -- Returns {holds whose units were taken now, avail after} ({-1, 0} without a counter), and
 -- the published figures when units were taken.
@@ -16,7 +16,7 @@ local limited = redis.call('HEXISTS', key, 'limit') == 1
 local taken = 0
 for i = 1, #ARGV, 3 do
   local hold, q, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HDEL', key, 'x:' .. hold) == 1 then
+  if redis.call('ZREM', KEYS[2], hold) == 1 or redis.call('HDEL', key, 'x:' .. hold) == 1 then
     -- already ended
   elseif redis.call('HEXISTS', key, 'h:' .. hold) == 1 then
     -- already settled
