@@ -402,3 +402,170 @@ async fn a_points_hold_is_taken_once_across_instances_and_ends_once() {
         a.assert_points_conserved(user).await;
     }
 }
+
+/// Both sides of the 24 h retention (item 20): a key 23 h 59 min old still replays its
+/// answer and still refuses another body; the cleanup keeps an answer seconds short of
+/// its 24 h (five, for the time the test itself takes) and deletes one a second past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_just_inside_its_24_hours_still_replays_and_the_cleanup_keeps_it() {
+    let app = spawn_app().await;
+    let product = app.create_product(PRICE, 10).await;
+    let (user, token) = app.funded_user(1_000).await;
+    let order =
+        |n: i64| json!({"user_id": user, "product_id": product, "quantity": n, "price": PRICE});
+    let first = app
+        .post_with_key("/v1/orders", Some(&token), order(1), Some("day"))
+        .await;
+    let placed = first.assert_status(201).clone();
+    sqlx::query("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 1439 MINUTE")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let again = app
+        .post_with_key("/v1/orders", Some(&token), order(1), Some("day"))
+        .await;
+    assert_eq!(again.assert_status(201), &placed);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    app.post_with_key("/v1/orders", Some(&token), order(2), Some("day"))
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 1);
+
+    let now = Utc::now().naive_utc();
+    for (key, age) in [
+        (
+            "inside",
+            chrono::Duration::hours(24) - chrono::Duration::seconds(5),
+        ),
+        (
+            "past",
+            chrono::Duration::hours(24) + chrono::Duration::seconds(1),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, idem_key, request_hash, response_status, response_body, created_at) \
+             VALUES ('edge', ?, REPEAT('0', 64), 200, '{}', ?)",
+        )
+        .bind(key)
+        .bind(now - age)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    commerce_api::idempotency::prune(&app.db).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(idem_key AS CHAR) FROM idempotency_keys WHERE scope = 'edge'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(left, ["inside"]);
+}
+
+/// Item 11: a user at the limit fires 50 keyed orders over two instances while the unit
+/// they hold comes back — by their own cancel, by the sweeper's expiry, by a refund. Never
+/// more than the limit held in MySQL, and Redis's count of the user's units agrees with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn a_user_at_the_limit_racing_their_own_release_never_holds_past_it() {
+    let a = crate::helpers::spawn_with(|c| c.sweep_interval = Duration::from_millis(20)).await;
+    let b = crate::helpers::spawn_sharing(&a, |_| {}).await;
+    for release in ["cancel", "expiry", "refund"] {
+        let r = a
+            .admin(
+                Method::POST,
+                "/v1/admin/products",
+                json!({"name": "drop", "price": PRICE, "stock": 1_000, "per_user_limit": 1}),
+            )
+            .await;
+        let product = r.assert_status(201)["id"].as_i64().unwrap();
+        let (user, token) = a.funded_user(100_000).await;
+        let body = json!({"user_id": user, "product_id": product, "quantity": 1, "price": PRICE});
+        let first = a.post("/v1/orders", Some(&token), body.clone()).await;
+        let held = first.assert_status(201)["order_id"].as_i64().unwrap();
+        if release == "refund" {
+            a.pay(&token, held).await.assert_status(201);
+        }
+        let burst = join_all((0..50).map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let key = format!("{release}-{i}");
+            let body = body.clone();
+            let token = token.clone();
+            async move {
+                app.post_with_key("/v1/orders", Some(&token), body, Some(&key))
+                    .await
+            }
+        }));
+        let give_back = async {
+            match release {
+                "cancel" => {
+                    a.post(
+                        &format!("/v1/orders/{held}/cancel"),
+                        Some(&token),
+                        json!({}),
+                    )
+                    .await
+                    .assert_status(200);
+                }
+                "refund" => {
+                    a.post(
+                        &format!("/v1/orders/{held}/refund"),
+                        Some(&token),
+                        json!({}),
+                    )
+                    .await
+                    .assert_status(200);
+                }
+                _ => {
+                    sqlx::query("UPDATE orders SET expires_at = UTC_TIMESTAMP(6) WHERE id = ?")
+                        .bind(held)
+                        .execute(&a.db)
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let (replies, ()) = tokio::join!(burst, give_back);
+        for r in &replies {
+            match r.status.as_u16() {
+                201 => {}
+                409 => r.assert_problem(409, "PURCHASE_LIMIT_REACHED"),
+                _ => panic!("{release}: {r:?}"),
+            }
+        }
+        until(
+            Duration::from_secs(5),
+            "the held unit given back",
+            || async {
+                a.count(&format!(
+                "SELECT COUNT(*) FROM orders WHERE id = {held} AND status IN ('PENDING', 'PAID')"
+            ))
+                .await
+                    == 0
+            },
+        )
+        .await;
+        let units = a
+            .count(&format!(
+                "SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM orders WHERE product_id = {product} \
+                 AND user_id = {user} AND status IN ('PENDING', 'PAID')"
+            ))
+            .await;
+        assert!(
+            units <= 1,
+            "{release}: {units} units held past the limit of 1"
+        );
+        // The sweeper tells Redis after its commit: Redis agrees within a moment.
+        let key = format!("{}{{p{product}}}", a.config.redis_prefix);
+        let field = format!("u:{user}");
+        until(
+            Duration::from_secs(2),
+            "Redis counting the user's units as MySQL does",
+            || async {
+                let counted: Option<i64> =
+                    a.redis_cmd(redis::cmd("HGET").arg(&key).arg(&field)).await;
+                counted.unwrap_or(0) == units
+            },
+        )
+        .await;
+    }
+}
