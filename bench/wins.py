@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The hot product's rows of bench.py alone — winners of an everyone-wins sale (wrk,
-order + pay) and sold-out refusals (wrk) against GET /healthz of the same binary — for any
+order + pay), sold-out refusals (wrk) and cart lines (wrk: 3 lines of 20 hot products,
+paid) against GET /healthz of the same binary — for any
 number of binaries, one after another on the same machine, in rounds (A B A B …) so that
 the machine's drift falls on every binary alike: how a change to the checkout is checked
 against the one-product group commit before and after.
@@ -38,10 +39,17 @@ def measure(label, binary):
         wins = bench.wins_wrk(tokens, bench.CONNS)
         _, zero = bench.api("POST", "/v1/admin/products", {"name": "bench sold out", "price": 1000, "stock": 0})
         refused = bench.refusals(zero["id"], tokens[1])
+        try:
+            carts = bench.carts_wrk(tokens, bench.CONNS)
+        except subprocess.CalledProcessError:
+            carts = None  # a binary from before orders of several products
         return {"label": label, "healthz": round(static["rps"]), "winners": round(wins["rps"]),
                 "winners_p99_ms": round(wins["p99_ms"], 1), "refusals": round(refused["rps"]),
                 "winners_per_healthz": round(wins["rps"] / static["rps"], 4),
-                "refusals_per_healthz": round(refused["rps"] / static["rps"], 3)}
+                "refusals_per_healthz": round(refused["rps"] / static["rps"], 3),
+                "cart_lines": round(carts["rps"]) if carts else 0,
+                "cart_p99_ms": round(carts["p99_ms"], 1) if carts else 0,
+                "cart_lines_per_winner": round(carts["rps"] / wins["rps"], 3) if carts else 0}
     finally:
         server.stop()
 
@@ -56,12 +64,14 @@ def main():
             r = measure(label, binary)
             print(json.dumps(r), flush=True)
             results[label].append(r)
-    print("| binary | winners/s | p99 ms | refusals/s | /healthz | winners ÷ /healthz | refusals ÷ /healthz |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| binary | winners/s | p99 ms | refusals/s | /healthz | winners ÷ /healthz | refusals ÷ /healthz "
+          "| cart lines/s | cart p99 ms | cart lines ÷ winners |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, rows in results.items():
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "label"}
         print(f"| {label} | {med['winners']:,.0f} | {med['winners_p99_ms']} | {med['refusals']:,.0f} | "
-              f"{med['healthz']:,.0f} | {med['winners_per_healthz']:.3f} | {med['refusals_per_healthz']:.3f} |")
+              f"{med['healthz']:,.0f} | {med['winners_per_healthz']:.3f} | {med['refusals_per_healthz']:.3f} | "
+              f"{med['cart_lines']:,.0f} | {med['cart_p99_ms']} | {med['cart_lines_per_winner']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@
 //! batch waiting for another's, on every instance, a distributed commit on the hot path),
 //! and batches spanning products would make each lock the union of its orders' products:
 //! one hot product's batch would then wait on every cold product any cart of it names.
-//! So an order of several lines is one transaction of its own ([`lines_store`]) that
-//! takes its locks where the batches' fall in the global order (user, then products in
-//! ascending id): on a hot product it queues between two batches, like a batch of another
-//! instance, and one-product orders keep their group commit.
+//! So orders of several lines have a batch of their own: one batch of carts in flight per
+//! instance ([`lines_store::commit`]), each cart in it taking its locks where the batches'
+//! fall in the global order (its user, then its products in ascending id) after a
+//! savepoint of its own: on a hot product it queues between two of that product's batches,
+//! like a batch of another instance, one-product orders keep their group commit, and the
+//! carts share one commit among themselves.
 //!
 //! The gate first, per line, in ascending product id (each product's own script and hash
 //! slot: nothing crosses slots on a Redis Cluster), under one hold token that every
@@ -22,7 +24,11 @@
 
 use serde::Serialize;
 
-use super::{domain::refuse_lines, lines_store, Checkout};
+use super::{
+    domain::refuse_lines,
+    lines_store::{CartAnswer, CartDone, CartJob},
+    Checkout,
+};
 use crate::{
     auth::Caller,
     db,
@@ -114,15 +120,19 @@ impl Checkout {
             metrics::counter!("orders_total", "outcome" => refusal.code().code).increment(1);
             return self.refuse(claim.as_ref(), refusal).await;
         }
-        let placed = Box::pin(lines_store::place(
-            &engine.db,
-            claim.as_ref(),
+        let job = CartJob::Place {
             user_id,
-            &lines,
-            &hold,
-            engine.order_ttl,
-        ))
-        .await;
+            lines,
+            hold: hold.clone(),
+            claim,
+        };
+        let placed = match Box::pin(self.submit_cart(job)).await {
+            Ok(CartDone::Placed(outcome)) => Ok(outcome),
+            Ok(CartDone::Paid(_)) => Err(AppError::Internal(anyhow::anyhow!(
+                "a cart's placement was answered as a payment"
+            ))),
+            Err(e) => Err(e),
+        };
         match placed {
             Ok(Outcome::Done(view, rows)) => {
                 for row in &rows {
@@ -166,7 +176,18 @@ impl Checkout {
         claim: Option<&crate::idempotency::Claim>,
     ) -> Result<Outcome<PaymentView, ()>, AppError> {
         let engine = &self.engine;
-        let paid = Box::pin(lines_store::pay(&engine.db, claim, caller, order_id)).await;
+        let job = CartJob::Pay {
+            caller,
+            order_id,
+            claim: claim.cloned(),
+        };
+        let paid = match Box::pin(self.submit_cart(job)).await {
+            Ok(CartDone::Paid(outcome)) => Ok(outcome),
+            Ok(CartDone::Placed(_)) => Err(AppError::Internal(anyhow::anyhow!(
+                "a cart's payment was answered as a placement"
+            ))),
+            Err(e) => Err(e),
+        };
         let outcome = match paid {
             Ok(Outcome::Done(payment, paid)) => {
                 for (product_id, quantity) in &paid.lines {
@@ -189,6 +210,23 @@ impl Checkout {
         };
         metrics::counter!("payments_total", "outcome" => "completed").increment(1);
         Ok(outcome)
+    }
+
+    /// Queues a cart in the instance's next batch of carts; a full queue refuses it at once
+    /// (the caller gives its reservations back).
+    async fn submit_cart(&self, job: CartJob) -> CartAnswer {
+        match self.carts.submit(0, job).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(AppError::Internal(anyhow::anyhow!(
+                "the batch of carts failed"
+            ))),
+            Err(_) => {
+                metrics::counter!("checkout_queue_full_total").increment(1);
+                Err(AppError::Busy(
+                    "the checkout of orders of several products".into(),
+                ))
+            }
+        }
     }
 
     /// Gives back the reservations `hold` took of `products` (an order refused whole).

@@ -1,4 +1,16 @@
-//! The transactions of an order of several products: placing it and paying it.
+//! The transactions of orders of several products: placing them and paying them, a batch
+//! of them at a time ([`commit`]).
+//!
+//! Group commit for carts: the carts (placements and payments) waiting on an instance go
+//! together into one transaction, one batch in flight per instance, like a product's
+//! batch — one commit, one fsync for all of them. Each cart runs in it exactly as it would
+//! alone, after a savepoint: its own key claimed, its rows locked (user, then its products
+//! in ascending id), decided all or nothing by `place_lines`/`pay_lines` against the rows
+//! as the carts before it left them, written; a refused cart rolls back to its savepoint
+//! and changes nothing. Two carts of a batch may lock rows in an order across them that is
+//! not the global one (cart 1's user, products; cart 2's user, products): a transaction of
+//! another instance meeting it in a circle is a deadlock InnoDB breaks, and the batch runs
+//! again — never seen by a buyer (the retries are counted and bounded).
 //!
 //! Lock order, the global one of `store.rs` (its header): **idempotency key** → **the
 //! order's rows** (a payment: its own row, then its further lines, ids ascending) →
@@ -9,25 +21,27 @@
 //! lock them in the same order: nobody waits in a circle. A deadlock or lock-wait timeout
 //! (InnoDB's gap locks can still make one) rolls everything back and runs it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
+// On a line of its own: scripts/check-imports.py reads an `as` inside a group as the end
+// of the group.
+use crate::orders::service::lock as lock_order;
+
 use super::{
+    batch::Pending,
     domain::{pay_lines, place_lines, LockedLines, Placed},
     store::{push_ids, LockedProduct, LOCKED_PRODUCT},
 };
 use crate::{
     auth::Caller,
-    db,
+    db::{self, Retry},
     error::AppError,
     events::{self, Event, OrderEvent},
-    idempotency::{self, Claim, Outcome},
-    orders::{
-        domain::{Lines, Order, OrderStatus, OrderView},
-        service as orders,
-    },
+    idempotency::{self, Claim, Claimed, Outcome, Stored},
+    orders::domain::{Lines, Order, OrderStatus, OrderView},
     payments::domain::{PaymentStatus, PaymentView},
     points::{
         domain::{PointKind, Points},
@@ -35,6 +49,159 @@ use crate::{
     },
     stock::Hold,
 };
+
+/// A cart waiting for the instance's next batch of carts.
+pub enum CartJob {
+    Place {
+        user_id: i64,
+        lines: Lines,
+        hold: Hold,
+        claim: Option<Claim>,
+    },
+    Pay {
+        caller: Caller,
+        order_id: i64,
+        claim: Option<Claim>,
+    },
+}
+
+impl CartJob {
+    fn claim(&self) -> Option<&Claim> {
+        match self {
+            CartJob::Place { claim, .. } | CartJob::Pay { claim, .. } => claim.as_ref(),
+        }
+    }
+}
+
+/// A cart's answer: what [`place`] or [`pay`] would have answered alone.
+pub enum CartDone {
+    Placed(Outcome<OrderView, Vec<Order>>),
+    Paid(Outcome<PaymentView, PaidLines>),
+}
+
+pub type CartAnswer = Result<CartDone, AppError>;
+
+/// Commits one batch of carts, running it again after a deadlock or lock timeout; returns
+/// each cart's answer. A cart whose client gave up before the batch ran is left out.
+pub async fn commit(
+    pool: &MySqlPool,
+    carts: &[Pending<CartJob, CartAnswer>],
+    order_ttl: chrono::Duration,
+) -> Result<(Vec<CartAnswer>, u32), AppError> {
+    let mut attempt = 0;
+    loop {
+        match once(pool, carts, order_ttl).await {
+            Err(e) if e.retryable() && attempt < db::MAX_RETRIES => {
+                attempt += 1;
+                db::backoff(attempt).await;
+            }
+            Ok(answers) => return Ok((answers, attempt + 1)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn once(
+    pool: &MySqlPool,
+    carts: &[Pending<CartJob, CartAnswer>],
+    order_ttl: chrono::Duration,
+) -> Result<Vec<CartAnswer>, AppError> {
+    let mut tx = db::begin(pool).await?;
+    let mut answers: Vec<CartAnswer> = Vec::with_capacity(carts.len());
+    let mut records: Vec<(&Claim, Stored)> = Vec::new();
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    for (i, cart) in carts.iter().enumerate() {
+        if cart.gave_up() {
+            answers.push(Err(AppError::Timeout(0)));
+            continue;
+        }
+        let claim = cart.job.claim();
+        if let Some(c) = claim {
+            // The same key twice in one batch: the first runs, the second is told to come
+            // back (it will replay the first's answer).
+            if !keys.insert((c.scope.as_str(), c.key.as_str())) {
+                answers.push(Err(AppError::IdempotencyInProgress));
+                continue;
+            }
+            match idempotency::claim(&mut tx, c).await {
+                Ok(Claimed::New) => {}
+                Ok(Claimed::Replay(stored)) => {
+                    answers.push(Ok(replayed(&cart.job, stored)));
+                    continue;
+                }
+                Err(e @ (AppError::IdempotencyInProgress | AppError::IdempotencyKeyReused)) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        sqlx::query(&format!("SAVEPOINT cart{i}"))
+            .execute(&mut *tx)
+            .await?;
+        let done = match &cart.job {
+            CartJob::Place {
+                user_id,
+                lines,
+                hold,
+                ..
+            } => place_in(&mut tx, *user_id, lines, hold, order_ttl)
+                .await
+                .and_then(|rows| {
+                    let view = OrderView::of_rows(&rows).ok_or(AppError::OrderNotFound)?;
+                    Ok((
+                        Stored::success_of(claim, &view),
+                        CartDone::Placed(Outcome::Done(view, rows)),
+                    ))
+                }),
+            CartJob::Pay {
+                caller, order_id, ..
+            } => pay_in(&mut tx, *caller, *order_id)
+                .await
+                .map(|(payment, paid)| {
+                    (
+                        Stored::success_of(claim, &payment),
+                        CartDone::Paid(Outcome::Done(payment, paid)),
+                    )
+                }),
+        };
+        match done {
+            Ok((stored, done)) => {
+                if let (Some(c), Some(s)) = (claim, stored) {
+                    records.push((c, s));
+                }
+                answers.push(Ok(done));
+            }
+            Err(e) if e.is_client_error() => {
+                sqlx::query(&format!("ROLLBACK TO SAVEPOINT cart{i}"))
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(c) = claim {
+                    if e.is_kept() {
+                        records.push((c, Stored::failure(&e)));
+                    } else {
+                        // An answer that says when to come back: the key stays free.
+                        idempotency::release(&mut tx, c).await?;
+                    }
+                }
+                answers.push(Err(e));
+            }
+            // An outage, or a deadlock: the whole batch rolls back (and runs again).
+            Err(e) => return Err(e),
+        }
+    }
+    idempotency::record(&mut tx, &records).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The replay of a key's earlier answer, as the cart's kind of answer.
+fn replayed(job: &CartJob, stored: Stored) -> CartDone {
+    match job {
+        CartJob::Place { .. } => CartDone::Placed(Outcome::Replayed(stored.replay())),
+        CartJob::Pay { .. } => CartDone::Paid(Outcome::Replayed(stored.replay())),
+    }
+}
 
 /// What a committed payment of several lines leaves for Redis: the order's hold, each
 /// line's (product, units), the day they were sold.
@@ -44,27 +211,7 @@ pub struct PaidLines {
     pub day: chrono::NaiveDate,
 }
 
-/// Places the order of `user_id` for `lines` under `hold`, all or nothing; the rows come
-/// back with the view (the order's own row first).
-pub async fn place(
-    pool: &MySqlPool,
-    claim: Option<&Claim>,
-    user_id: i64,
-    lines: &Lines,
-    hold: &Hold,
-    order_ttl: chrono::Duration,
-) -> Result<Outcome<OrderView, Vec<Order>>, AppError> {
-    idempotency::run(pool, claim, move |tx| {
-        let (lines, hold) = (lines.clone(), hold.clone());
-        Box::pin(async move {
-            let rows = place_in(tx, user_id, &lines, &hold, order_ttl).await?;
-            let view = OrderView::of_rows(&rows).ok_or(AppError::OrderNotFound)?;
-            Ok((view, rows))
-        })
-    })
-    .await
-}
-
+/// One cart's placement, all or nothing; its rows come back, its own first.
 async fn place_in(
     tx: &mut MySqlConnection,
     user_id: i64,
@@ -138,23 +285,14 @@ async fn place_in(
     Ok(rows)
 }
 
-/// Pays the order `order_id` of several lines, all or nothing.
-pub async fn pay(
-    pool: &MySqlPool,
-    claim: Option<&Claim>,
-    caller: Caller,
-    order_id: i64,
-) -> Result<Outcome<PaymentView, PaidLines>, AppError> {
-    idempotency::run(pool, claim, |tx| Box::pin(pay_in(tx, caller, order_id))).await
-}
-
+/// One cart's payment, all or nothing.
 async fn pay_in(
     tx: &mut MySqlConnection,
     caller: Caller,
     order_id: i64,
 ) -> Result<(PaymentView, PaidLines), AppError> {
     // 1. the order's rows, 2. the user, 3. the products.
-    let mut rows = orders::lock(tx, caller, order_id).await?;
+    let mut rows = lock_order(tx, caller, order_id).await?;
     let user_id = rows[0].user_id;
     let points = lock_user(tx, user_id).await?;
     let mut ids: Vec<i64> = rows.iter().map(|o| o.product_id).collect();

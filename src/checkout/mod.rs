@@ -58,6 +58,8 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 pub struct Checkout {
     engine: Arc<Engine>,
     batcher: Batcher<Job, Answer>,
+    /// Orders of several products: one batch of them in flight per instance.
+    carts: Batcher<lines_store::CartJob, lines_store::CartAnswer>,
 }
 
 /// What a batch runs with.
@@ -121,7 +123,16 @@ impl Checkout {
             let engine = runner.clone();
             async move { engine.run(product, jobs).await }
         });
-        Ok(Self { engine, batcher })
+        let runner = engine.clone();
+        let carts = Batcher::new(limits.batch_max, limits.queue_max, move |_, jobs| {
+            let engine = runner.clone();
+            async move { engine.run_carts(jobs).await }
+        });
+        Ok(Self {
+            engine,
+            batcher,
+            carts,
+        })
     }
 
     /// Places an order: the product and its sale window as this instance knows them, then
@@ -307,6 +318,12 @@ impl Checkout {
         })
     }
 
+    /// Orders of several products (placements and payments) waiting for the instance's
+    /// next batch of carts.
+    pub fn carts_queued(&self) -> usize {
+        self.carts.queued(0)
+    }
+
     /// Requests of `product_id` waiting for its next batch (operators and tests watch it).
     pub fn queued(&self, product_id: i64) -> usize {
         self.batcher.queued(product_id)
@@ -382,6 +399,36 @@ impl Checkout {
 }
 
 impl Engine {
+    /// One batch of carts: commit, then each cart's answer (its caller tells Redis before
+    /// answering its client). A failure that is not an outage may be one cart's fault: each
+    /// runs alone then, so the others still go through.
+    async fn run_carts(
+        self: &Arc<Self>,
+        pending: Vec<Pending<lines_store::CartJob, lines_store::CartAnswer>>,
+    ) {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match lines_store::commit(&self.db, &pending, self.order_ttl).await {
+            Ok((answers, attempts)) => {
+                self.engine_retried(attempts);
+                for (p, answer) in pending.into_iter().zip(answers) {
+                    p.answer(answer);
+                }
+            }
+            Err(e) if pending.len() > 1 && e.code().code != "DEPENDENCY_UNAVAILABLE" => {
+                tracing::warn!(error = %e, carts = pending.len(), "a batch of carts failed; running them one by one");
+                for one in pending {
+                    Box::pin(self.run_carts(vec![one])).await;
+                }
+            }
+            Err(e) => {
+                for p in pending {
+                    p.answer(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+
     /// One batch of `product_id`: commit, then (in a task of its own) Redis and each job's
     /// answer.
     async fn run(self: &Arc<Self>, product_id: i64, pending: Vec<Pending<Job, Answer>>) {

@@ -115,6 +115,11 @@ impl Stored {
         }
     }
 
+    /// [`Stored::success`] when there is a claim to keep it under.
+    pub fn success_of<T: Serialize>(claim: Option<&Claim>, value: &T) -> Option<Self> {
+        claim.map(|c| Self::success(c, value))
+    }
+
     /// A refusal (4xx) as its problem document.
     pub fn failure(error: &AppError) -> Self {
         Self {

@@ -871,3 +871,62 @@ async fn l5_an_instance_killed_between_two_reservations_leaves_nothing_past_the_
     .await
     .assert_status(201);
 }
+
+/// Group commit for carts: while one batch of carts waits on a held product row, twenty
+/// more carts queue behind it, and go together into one transaction once it is done —
+/// two batches for twenty-one carts, each cart still all or nothing and answered alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn carts_waiting_behind_a_batch_go_together_into_the_next_one() {
+    let app = spawn_app().await;
+    let (a, b) = (
+        product(&app, 100, json!({})).await,
+        product(&app, 100, json!({})).await,
+    );
+    let buyers = app.bulk_buyers(21, 1_000).await;
+    // The gate's keys built now, so that no reservation waits on a rebuild of a's row.
+    app.state.stock.sync(&[a, b]).await.unwrap();
+    let (ab, ba) = (
+        [(a, 1, PRICE), (b, 1, PRICE)],
+        [(b, 1, PRICE), (a, 1, PRICE)],
+    );
+    let lock = hold_row(&app, "products", a).await;
+    let before = app.state.checkout.batches();
+    let (first_user, first_token) = &buyers[0];
+    let first = order_lines(&app, *first_user, first_token, &ab);
+    let rest = async {
+        until_running(
+            &app,
+            "SELECT price, stock, reserved, sold, per_user_limit",
+            1,
+        )
+        .await;
+        let queued = join_all(
+            buyers[1..]
+                .iter()
+                .map(|(user, token)| order_lines(&app, *user, token, &ba)),
+        );
+        let release = async {
+            until(Duration::from_secs(5), "twenty carts queued", || async {
+                app.state.checkout.carts_queued() == 20
+            })
+            .await;
+            lock.rollback().await.unwrap();
+        };
+        let (replies, ()) = tokio::join!(queued, release);
+        replies
+    };
+    let (first, rest) = tokio::join!(first, rest);
+    first.assert_status(201);
+    for r in &rest {
+        assert_eq!(r.assert_status(201)["items"].as_array().unwrap().len(), 2);
+    }
+    assert_eq!(
+        app.state.checkout.batches() - before,
+        2,
+        "one batch, then one for the twenty"
+    );
+    assert_eq!(rows(&app, &[a, b]).await, [(21, 0, 100), (21, 0, 100)]);
+    for p in [a, b] {
+        app.assert_redis_matches_mysql(p).await;
+    }
+}
