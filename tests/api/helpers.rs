@@ -218,8 +218,11 @@ async fn start_serving(config: Config, router: impl FnOnce(AppState) -> axum::Ro
         state,
         base: format!("http://{addr}"),
         ops_base,
+        // Every request of a test has a bound: a hung answer fails the test that sent it,
+        // naming it, instead of the whole run's slow-timeout (issue 26, item 19).
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
             .build()
             .expect("client"),
         db: probe,

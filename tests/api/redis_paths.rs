@@ -374,48 +374,45 @@ async fn a_process_killed_while_ordering_leaves_nothing_reconciliation_cannot_re
     let client = reqwest::Client::new();
 
     let done = Arc::new(AtomicUsize::new(0));
-    let spawn_buyers = |buyers: &[(i64, String)]| -> Vec<_> {
-        buyers
-            .iter()
-            .map(|(user, token)| {
-                let (client, base, token, done) =
-                    (client.clone(), base.clone(), token.clone(), done.clone());
-                let body =
-                    json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
-                tokio::spawn(async move {
-                    let sent = client
-                        .post(format!("{base}/v1/orders"))
-                        .bearer_auth(token)
-                        .json(&body)
-                        .send()
-                        .await;
-                    done.fetch_add(1, Ordering::SeqCst);
-                    match sent {
-                        Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
-                        Err(_) => None,
-                    }
-                })
+    let tasks: Vec<_> = buyers
+        .iter()
+        .map(|(user, token)| {
+            let (client, base, token, done) =
+                (client.clone(), base.clone(), token.clone(), done.clone());
+            let body = json!({"user_id": user, "product_id": product, "quantity": 1, "price": 100});
+            tokio::spawn(async move {
+                let sent = client
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await;
+                done.fetch_add(1, Ordering::SeqCst);
+                match sent {
+                    Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+                    Err(_) => None,
+                }
             })
-            .collect()
-    };
-    // A first wave of 100 orders answered, then the product's row held by the test, then
-    // the other 300 sent: reservations certainly in flight — the next batch has its units
-    // taken in Redis and waits in MySQL; the process dies then.
-    let mut tasks = spawn_buyers(&buyers[..100]);
+        })
+        .collect();
     at_least(Duration::from_secs(30), "100 orders answered", 100, || {
         done.load(Ordering::SeqCst)
     })
     .await;
+    // Reservations certainly in flight: with the product's row held by the test, the next
+    // batch has its units taken in Redis and waits in MySQL; the process dies then.
     let lock = hold_row(&app, "products", product).await;
-    tasks.extend(spawn_buyers(&buyers[100..]));
     until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
     child.kill();
     lock.rollback().await.unwrap();
-    let replies: Vec<Option<(u16, String)>> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.expect("a buyer's task panicked"))
-        .collect();
+    // Bounded: a buyer whose request never ends fails the test here, saying so.
+    let replies: Vec<Option<(u16, String)>> =
+        tokio::time::timeout(Duration::from_secs(30), join_all(tasks))
+            .await
+            .expect("every buyer's request ended within 30 s of the kill")
+            .into_iter()
+            .map(|r| r.expect("a buyer's task panicked"))
+            .collect();
     assert!(
         replies.iter().any(Option::is_none),
         "the batch in flight died without an answer"
