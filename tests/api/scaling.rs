@@ -543,3 +543,93 @@ async fn an_instance_stopped_with_sigterm_behind_haproxy_drains_without_losing_a
     assert!(status.success(), "{status:?}");
     drop(second);
 }
+
+/// Issue 26, item 17: the drain, without HAProxy's retries to hide a dropped request. Sixty
+/// orders straight to one instance, held in its batches by the product's row (the
+/// instance's own gauge of requests in flight shows all of them in), SIGTERM, the row
+/// released once its /readyz answers 503: every one of them gets its 201 from that very
+/// instance, and then it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_stopped_with_sigterm_answers_every_request_it_holds_then_exits() {
+    const HELD: usize = 60;
+    let app = spawn_with(|c| c.db_max_connections = 10).await;
+    let product = app.create_product(100, 1_000).await;
+    let buyers = app.bulk_buyers(HELD, 1_000).await;
+    let mut instance = ServiceProcess::start(
+        &app,
+        &[("DB_MAX_CONNECTIONS", "10"), ("SHUTDOWN_GRACE_MS", "3000")],
+    )
+    .await;
+    app.state.stock.sync(&[product]).await.unwrap();
+    let client = reqwest::Client::new();
+    let lock = hold_row(&app, "products", product).await;
+    let held = {
+        let (client, base, buyers) = (client.clone(), instance.base.clone(), buyers.clone());
+        tokio::spawn(async move {
+            join_all(
+                buyers
+                    .iter()
+                    .map(|(user, token)| order_once(&client, &base, *user, token, product)),
+            )
+            .await
+        })
+    };
+    until_running(&app, BATCH_PRODUCT_LOCK, 1).await;
+    // Every order is inside the instance: its gauge counts them (and this scrape).
+    eventually(
+        Duration::from_secs(10),
+        "every order in flight in the instance",
+        || async {
+            let text = client
+                .get(format!("{}/metrics", instance.base))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            let in_flight = text
+                .lines()
+                .find_map(|l| l.strip_prefix("http_requests_in_flight "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if in_flight >= (HELD + 1) as f64 {
+                Ok(())
+            } else {
+                Err(format!("{in_flight} in flight"))
+            }
+        },
+    )
+    .await;
+    instance.terminate();
+    eventually(
+        Duration::from_secs(5),
+        "the draining instance's /readyz to fail",
+        || async {
+            match client.get(format!("{}/readyz", instance.base)).send().await {
+                Ok(r) if r.status() == 503 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    let answers = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("every held order answered within 30 s")
+        .unwrap();
+    assert_eq!(answers.len(), HELD);
+    assert!(
+        answers.iter().all(|(status, _)| *status == 201),
+        "{answers:?}"
+    );
+    let status = instance.exited(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM orders WHERE product_id = {product}"
+        ))
+        .await,
+        HELD as i64
+    );
+}
