@@ -229,6 +229,28 @@ where
     }
 }
 
+/// Runs `attempt` again after a deadlock or lock-wait timeout, at most `MAX_RETRIES` times
+/// (for work that opens its own transaction, as the checkout batches do); returns its value
+/// and how many runs it took.
+pub async fn retried<T, E, F, Fut>(mut attempt: F) -> Result<(T, u32), E>
+where
+    E: Retry,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.retryable() && retries < MAX_RETRIES => {
+                retries += 1;
+                backoff(retries).await;
+            }
+            Ok(value) => return Ok((value, retries + 1)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Begins a transaction, recording how long the pool made us wait for a connection.
 pub async fn begin(pool: &MySqlPool) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
     let acquiring = std::time::Instant::now();

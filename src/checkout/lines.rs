@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use super::{
     domain::refuse_lines,
+    gate_refusal,
     lines_store::{CartAnswer, CartDone, CartJob},
     Checkout,
 };
@@ -36,7 +37,7 @@ use crate::{
     idempotency::{IdempotencyKey, Outcome},
     orders::domain::{check_price, Lines, OrderView},
     payments::domain::PaymentView,
-    stock::{Finish, Gate, Hold},
+    stock::{Finish, Hold},
 };
 
 impl Checkout {
@@ -80,38 +81,17 @@ impl Checkout {
                 continue;
             }
             let quantity = line.quantity.get();
-            match engine
+            let gate = engine
                 .stock
                 .reserve(line.product_id, user_id, quantity, &hold)
-                .await
-            {
-                Gate::Refused {
-                    available,
-                    in_flight,
-                } => failing.push((
-                    line.product_id,
-                    if in_flight {
-                        AppError::OutOfStockForNow {
-                            available,
-                            requested: quantity,
-                        }
-                    } else {
-                        AppError::OutOfStock {
-                            available,
-                            requested: quantity,
-                        }
-                    },
-                )),
-                Gate::LimitReached { limit, held } => failing.push((
-                    line.product_id,
-                    AppError::PurchaseLimitReached { limit, held },
-                )),
-                Gate::Reserved | Gate::Bypass => {
-                    taken.push(line.product_id);
-                    if let Err(e) = check_price(line.price, *price) {
-                        failing.push((line.product_id, e));
-                    }
-                }
+                .await;
+            if let Some(refusal) = gate_refusal(gate, quantity) {
+                failing.push((line.product_id, refusal));
+                continue;
+            }
+            taken.push(line.product_id);
+            if let Err(e) = check_price(line.price, *price) {
+                failing.push((line.product_id, e));
             }
         }
         failing.sort_by_key(|(p, _)| *p);

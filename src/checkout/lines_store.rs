@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    db::{self, Retry},
+    db,
     error::AppError,
     events::{self, Event, OrderEvent},
     idempotency::{self, Claim, Claimed, Outcome, Stored},
@@ -88,17 +88,7 @@ pub async fn commit(
     carts: &[Pending<CartJob, CartAnswer>],
     order_ttl: chrono::Duration,
 ) -> Result<(Vec<CartAnswer>, u32), AppError> {
-    let mut attempt = 0;
-    loop {
-        match once(pool, carts, order_ttl).await {
-            Err(e) if e.retryable() && attempt < db::MAX_RETRIES => {
-                attempt += 1;
-                db::backoff(attempt).await;
-            }
-            Ok(answers) => return Ok((answers, attempt + 1)),
-            Err(e) => return Err(e),
-        }
-    }
+    db::retried(|| once(pool, carts, order_ttl)).await
 }
 
 async fn once(

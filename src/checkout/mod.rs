@@ -185,28 +185,12 @@ impl Checkout {
                 IN_FLIGHT_WAIT,
             )
             .await;
-        let refusal = match gate {
-            Gate::Refused {
-                available,
-                in_flight: false,
-            } => Some(AppError::OutOfStock {
-                available,
-                requested: quantity,
-            }),
-            Gate::Refused {
-                available,
-                in_flight: true,
-            } => Some(AppError::OutOfStockForNow {
-                available,
-                requested: quantity,
-            }),
-            Gate::LimitReached { limit, held } => {
-                Some(AppError::PurchaseLimitReached { limit, held })
-            }
+        let refusal = match gate_refusal(gate, quantity) {
+            Some(refusal) => Some(refusal),
             // The price this instance knows, checked once the units are held (stock and
             // the limit come first in SPEC's order): a buyer at a wrong price gives them
             // back now instead of holding them while its job waits in the batch.
-            Gate::Reserved | Gate::Bypass => match check_price(order.price, price) {
+            None => match check_price(order.price, price) {
                 Ok(()) => None,
                 Err(refusal) => {
                     if gate == Gate::Reserved {
@@ -395,6 +379,29 @@ impl Checkout {
             Box::pin(async move { Err::<(V, ()), _>(e) })
         })
         .await
+    }
+}
+
+/// The refusal of `requested` units the gate's answer says, if it refused: out of stock
+/// (for now only, while other reservations are in flight), or the per-customer limit.
+fn gate_refusal(gate: Gate, requested: i64) -> Option<AppError> {
+    match gate {
+        Gate::Refused {
+            available,
+            in_flight: false,
+        } => Some(AppError::OutOfStock {
+            available,
+            requested,
+        }),
+        Gate::Refused {
+            available,
+            in_flight: true,
+        } => Some(AppError::OutOfStockForNow {
+            available,
+            requested,
+        }),
+        Gate::LimitReached { limit, held } => Some(AppError::PurchaseLimitReached { limit, held }),
+        Gate::Reserved | Gate::Bypass => None,
     }
 }
 

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     catalog::domain::SaleWindow,
-    db::{self, Retry},
+    db,
     error::AppError,
     events::{self, Event, EventLine, OrderEvent},
     idempotency::{self, Claimed, Stored},
@@ -53,22 +53,11 @@ pub async fn commit(
     jobs: &[Pending<Job, Answer>],
     order_ttl: chrono::Duration,
 ) -> Result<Committed, AppError> {
-    let mut attempt = 0;
-    loop {
-        match once(pool, product_id, jobs, order_ttl).await {
-            Err(e) if e.retryable() && attempt < db::MAX_RETRIES => {
-                attempt += 1;
-                db::backoff(attempt).await;
-            }
-            Ok(committed) => {
-                return Ok(Committed {
-                    attempts: attempt + 1,
-                    ..committed
-                })
-            }
-            other => return other,
-        }
-    }
+    let (committed, attempts) = db::retried(|| once(pool, product_id, jobs, order_ttl)).await?;
+    Ok(Committed {
+        attempts,
+        ..committed
+    })
 }
 
 async fn once(
